@@ -1,0 +1,1 @@
+"""Everything that consumes from Kafka: one runner, and a handler per consumer."""

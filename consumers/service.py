@@ -1,0 +1,108 @@
+"""A worker process: clients, handler and runner wired together, with a clean shutdown.
+
+Shutdown: SIGINT/SIGTERM only set an event. The batch in flight gets the grace period
+to finish and commit; after that it is cancelled (its offsets stay uncommitted, so it is
+redelivered and, the writes being idempotent, changes nothing). A second Ctrl-C kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from enum import StrEnum
+
+from consumers.count import CountHandler
+from consumers.persist import PersistHandler
+from consumers.runner import BatchHandler, Runner, RunnerStats
+from runtime.db import check_dedupe_key, create_pool
+from runtime.kafka import make_consumer, make_producer
+from runtime.logs import get_logger
+from runtime.settings import Settings
+from runtime.topics import Topics
+
+log = get_logger("consumers.service")
+
+
+class WorkerKind(StrEnum):
+    PERSIST = "persist"
+    COUNT = "count"
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def first_signal(signum: int) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+        # A second Ctrl-C is the user insisting: default behaviour, immediate exit.
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, first_signal, signum)
+
+
+async def run_worker(
+    kind: WorkerKind, settings: Settings, stop: asyncio.Event, *, drain: bool = False
+) -> RunnerStats:
+    topics = Topics.from_settings(settings)
+    pool = await create_pool(settings.database_url, max_size=2)
+    producer = make_producer(settings)
+    handler: BatchHandler
+    poller: asyncio.Task[None] | None = None
+    try:
+        await producer.start()
+        if kind is WorkerKind.PERSIST:
+            secret = settings.require_dedupe_secret()
+            await check_dedupe_key(pool, secret)
+            handler = PersistHandler(pool, producer, topics, secret, settings.max_record_bytes)
+            group, topic = settings.persist_group, topics.submitted
+        else:
+            counter = CountHandler(pool, producer, topics)
+            handler = counter
+            group, topic = settings.count_group, topics.accepted
+            await counter.publish_changed()
+            if not drain:
+                poller = asyncio.create_task(counter.poll_forever(settings.totals_poll_s, stop))
+        consumer = make_consumer(settings, group)
+        await consumer.start()
+        try:
+            runner = Runner(
+                consumer,
+                [topic],
+                handler,
+                max_records=settings.batch_max_records,
+                timeout_ms=settings.batch_timeout_ms,
+                stop=stop,
+                drain=drain,
+            )
+            log.info("worker_started", worker=kind.value, group=group, topic=topic)
+            task = asyncio.create_task(runner.run())
+            stop_wait = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                done, _ = await asyncio.wait({task}, timeout=settings.shutdown_grace_s)
+                if not done:
+                    log.warning("grace_period_over", worker=kind.value)
+                    task.cancel()
+            stop_wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if kind is WorkerKind.COUNT and drain:
+                await counter.publish_changed()
+            log.info(
+                "worker_stopped",
+                worker=kind.value,
+                batches=runner.stats.batches,
+                records=runner.stats.records,
+            )
+            return runner.stats
+        finally:
+            await consumer.stop()
+    finally:
+        if poller is not None:
+            stop.set()
+            await poller
+        await producer.stop()
+        await pool.close()

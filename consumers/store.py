@@ -1,0 +1,168 @@
+"""One batch of signatures into PostgreSQL, in the caller's transaction.
+
+COPY into a per-connection staging table, then one `INSERT … ON CONFLICT DO NOTHING`
+(unique submission_id; unique campaign + dedupe key), then the totals of what was really
+inserted, once per batch. Running it twice for the same batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from runtime.db import Conn
+
+STAGING_COLUMNS = (
+    "submission_id",
+    "campaign",
+    "email_hash",
+    "first_name",
+    "last_name",
+    "email",
+    "country",
+    "postcode",
+    "consent",
+    "language",
+    "source",
+    "submitted_at",
+    "received_at",
+)
+
+StagingRow = tuple[
+    UUID,
+    str,
+    bytes,
+    str,
+    str,
+    str,
+    str,
+    str | None,
+    bool,
+    str | None,
+    str,
+    datetime,
+    datetime | None,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSignature:
+    signature_id: int
+    submission_id: UUID
+    campaign: str
+    country: str
+    source: str
+    submitted_at: datetime
+
+
+@dataclass(slots=True)
+class BatchResult:
+    inserted: list[StoredSignature] = field(default_factory=list)
+    already_stored: list[StoredSignature] = field(default_factory=list)  # redelivered
+    duplicates: int = 0  # same person again, under a new submission id
+
+
+_INSERT = """
+INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, email,
+                        country, postcode, consent, language, source, submitted_at, received_at)
+SELECT submission_id, campaign, email_hash, first_name, last_name, email,
+       country, postcode, consent, language, source, submitted_at, received_at
+FROM staging_signatures
+ORDER BY campaign, email_hash   -- one lock order for every worker: no deadlocks
+ON CONFLICT DO NOTHING
+RETURNING id, submission_id, campaign, country, source, submitted_at
+"""
+
+_ALREADY_STORED = """
+SELECT id, submission_id, campaign, country, source, submitted_at
+FROM signatures WHERE submission_id = ANY($1::uuid[])
+"""
+
+_RECORD_DUPLICATES = """
+INSERT INTO duplicate_submissions (submission_id, campaign, source)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+ON CONFLICT DO NOTHING
+RETURNING campaign
+"""
+
+_ADD_BREAKDOWN = """
+INSERT INTO campaign_breakdown (campaign, dimension, key, count)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(c, dim, k, n)
+ORDER BY c, dim, k
+ON CONFLICT (campaign, dimension, key)
+DO UPDATE SET count = campaign_breakdown.count + excluded.count
+"""
+
+_ADD_TOTAL = """
+UPDATE campaign_totals
+SET total = total + $2, duplicates = duplicates + $3, version = version + 1, updated_at = now()
+WHERE campaign = $1
+"""
+
+
+def _stored(row: asyncpg.Record) -> StoredSignature:
+    return StoredSignature(
+        signature_id=row["id"],
+        submission_id=row["submission_id"],
+        campaign=row["campaign"],
+        country=row["country"],
+        source=row["source"],
+        submitted_at=row["submitted_at"],
+    )
+
+
+async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
+    """Insert what is new, count what is a duplicate; the caller owns the transaction."""
+    result = BatchResult()
+    if not rows:
+        return result
+    await conn.copy_records_to_table("staging_signatures", records=rows, columns=STAGING_COLUMNS)
+    result.inserted = [_stored(row) for row in await conn.fetch(_INSERT)]
+
+    inserted_ids = {s.submission_id for s in result.inserted}
+    leftovers = {row[0]: row for row in rows if row[0] not in inserted_ids}
+    if leftovers:
+        stored = await conn.fetch(_ALREADY_STORED, list(leftovers))
+        result.already_stored = [_stored(row) for row in stored]
+        for signature in result.already_stored:
+            leftovers.pop(signature.submission_id, None)
+    new_duplicates: Counter[str] = Counter()
+    if leftovers:
+        dupes = list(leftovers.values())
+        recorded = await conn.fetch(
+            _RECORD_DUPLICATES,
+            [row[0] for row in dupes],
+            [row[1] for row in dupes],
+            [row[10] for row in dupes],
+        )
+        new_duplicates.update(row["campaign"] for row in recorded)
+        result.duplicates = len(dupes)
+
+    await _add_totals(conn, result.inserted, new_duplicates)
+    return result
+
+
+async def _add_totals(
+    conn: Conn, inserted: list[StoredSignature], duplicates: Counter[str]
+) -> None:
+    breakdown: Counter[tuple[str, str, str]] = Counter()
+    totals: Counter[str] = Counter()
+    for signature in inserted:
+        totals[signature.campaign] += 1
+        breakdown[(signature.campaign, "country", signature.country)] += 1
+        breakdown[(signature.campaign, "source", signature.source)] += 1
+    if breakdown:
+        keys = sorted(breakdown)
+        await conn.execute(
+            _ADD_BREAKDOWN,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [breakdown[k] for k in keys],
+        )
+    for campaign in sorted(set(totals) | set(duplicates)):
+        await conn.execute(_ADD_TOTAL, campaign, totals[campaign], duplicates[campaign])

@@ -1,0 +1,1 @@
+"""Everything that produces into Kafka: the HTTP API, file import, the load generator."""

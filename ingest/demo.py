@@ -1,0 +1,253 @@
+"""`signatures demo`: the whole pipeline up, a realistic surge through the API, a verdict.
+
+The data: names from many countries and scripts, about 5 % repeat signers (with case and
+Unicode variants of their email) and about 1 % invalid submissions, half of them sent
+through the API (answered 422) and half straight to Kafka as a partner would (dead-lettered).
+The verdict: the published total equals COUNT(*) in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+import httpx
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ingest.loadgen import Generated, Kind, generate, submission_message
+from ingest.seed import SEED_CAMPAIGN
+from runtime.campaigns import CampaignExists, counted_rows, create_campaign
+from runtime.db import create_pool
+from runtime.kafka import make_consumer, make_producer
+from runtime.settings import Settings
+from runtime.supervisor import running_stack
+from runtime.totals_feed import read_published_totals
+from schemas.events import DeadLetterHeaders
+
+PARTNER = "demo-partner"
+
+
+@dataclass
+class Outcome:
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    dead_letter_keys: set[bytes] = field(default_factory=set)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+async def post_all(url: str, items: list[Generated], concurrency: int, console: Console) -> Outcome:
+    outcome = Outcome()
+    queue: asyncio.Queue[Generated] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    started = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with progress_bar(console) as progress:
+        task = progress.add_task("submitting", total=len(items), rate="0")
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def sender() -> None:
+                while not queue.empty():
+                    item = queue.get_nowait()
+                    try:
+                        response = await client.post(url, json=item.body)
+                    except httpx.HTTPError as exc:
+                        outcome.failed[type(exc).__name__] += 1
+                    else:
+                        if response.status_code == 202:
+                            outcome.accepted += 1
+                        elif response.status_code == 422:
+                            outcome.refused[response.json()["errors"][0]["reason"]] += 1
+                        else:
+                            outcome.failed[f"http_{response.status_code}"] += 1
+                    done = len(items) - queue.qsize()
+                    rate = done / max(time.perf_counter() - started, 1e-6)
+                    progress.update(task, completed=done, rate=f"{rate:,.0f}")
+
+            await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return outcome
+
+
+async def produce_as_partner(
+    settings: Settings, items: list[Generated], campaign: str
+) -> set[bytes]:
+    producer = make_producer(settings)
+    await producer.start()
+    keys: set[bytes] = set()
+    try:
+        futures = []
+        for item in items:
+            key = UUID(str(item.body["submission_id"])).bytes
+            keys.add(key)
+            value = submission_message(item.body, campaign=campaign, source=f"partner:{PARTNER}")
+            futures.append(await producer.send(settings.topic_submitted, value=value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return keys
+
+
+async def dead_letters_for(settings: Settings, keys: set[bytes]) -> Counter[str]:
+    """Reasons of the dead letters whose key is one of ours (read from the topic's start)."""
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    reasons: Counter[str] = Counter()
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic_rejected) or set()
+        tps = [TopicPartition(settings.topic_rejected, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    if record.key in keys:
+                        headers = DeadLetterHeaders.from_kafka(list(record.headers))
+                        reasons[headers.reason.value] += 1
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(consumer.highwater(tp) == pos for tp, pos in zip(tps, positions, strict=True)):
+                break
+    finally:
+        await consumer.stop()
+    return reasons
+
+
+async def wait_until_drained(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    slug: str,
+    expected_rows_and_dupes: int,
+    console: Console,
+    timeout: float = 300.0,
+) -> tuple[int, int, int]:
+    """Until every accepted submission is a row or a counted duplicate, and published."""
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the workers to drain and the counter to publish"):
+        while True:
+            row = await pool.fetchrow(
+                "SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_, "
+                "(SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes",
+                slug,
+            )
+            assert row is not None  # noqa: S101
+            rows, dupes = int(row["rows_"]), int(row["dupes"])
+            published = (await read_published_totals(settings)).get(slug)
+            published_total = published.total if published else -1
+            if rows + dupes >= expected_rows_and_dupes and published_total == rows:
+                return rows, dupes, published_total
+            if time.monotonic() > deadline:
+                return rows, dupes, published_total
+            await asyncio.sleep(0.25)
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    count: int,
+    host: str,
+    port: int,
+    workers: int,
+    concurrency: int,
+    seed: int | None,
+    console: Console,
+) -> bool:
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"starting the pipeline (logs in {log_dir}) …")
+    async with running_stack(
+        settings, host=host, port=port, persist_workers=workers, log_dir=log_dir
+    ) as stack:
+        s = stack.settings
+        slug = SEED_CAMPAIGN.slug
+        pool = await create_pool(s.database_url, max_size=2)
+        try:
+            with contextlib.suppress(CampaignExists):
+                await create_campaign(pool, SEED_CAMPAIGN)
+            before = await pool.fetchrow(
+                "SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_, "
+                "(SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes",
+                slug,
+            )
+            assert before is not None  # noqa: S101
+            console.print(f"pipeline ready: API {stack.api_url}, campaign [bold]{slug}[/]")
+            items = list(generate(count, seed=seed))
+            invalid = [i for i in items if i.kind is Kind.INVALID]
+            via_kafka = invalid[::2]
+            kafka_ids = {id(i) for i in via_kafka}
+            via_http = [i for i in items if id(i) not in kafka_ids]
+            expected_dupes = sum(1 for i in items if i.kind is Kind.DUPLICATE)
+
+            started = time.perf_counter()
+            keys = await produce_as_partner(s, via_kafka, slug)
+            outcome = await post_all(
+                f"{stack.api_url}/v1/campaigns/{slug}/signatures", via_http, concurrency, console
+            )
+            http_seconds = time.perf_counter() - started
+            rows, dupes, published = await wait_until_drained(
+                s,
+                pool,
+                slug,
+                int(before["rows_"]) + int(before["dupes"]) + outcome.accepted,
+                console,
+            )
+            elapsed = time.perf_counter() - started
+            dead = await dead_letters_for(s, keys)
+            count_star = (await counted_rows(pool)).get(slug, 0)
+        finally:
+            await pool.close()
+
+    new_rows = rows - int(before["rows_"])
+    new_dupes = dupes - int(before["dupes"])
+    match = published == count_star
+    table = Table(title=f"demo: {count:,} submissions to '{slug}'", show_header=False)
+    table.add_row("accepted by the API (202)", f"{outcome.accepted:,}")
+    table.add_row("new signatures stored", f"{new_rows:,}")
+    table.add_row("duplicates counted", f"{new_dupes:,} (generated {expected_dupes:,})")
+    for reason, n in sorted(outcome.refused.items()):
+        table.add_row(f"refused by the API (422): {reason}", f"{n:,}")
+    for reason, n in sorted(dead.items()):
+        table.add_row(f"dead-lettered (partner via Kafka): {reason}", f"{n:,}")
+    for error, n in sorted(outcome.failed.items()):
+        table.add_row(f"[red]failed: {error}[/]", f"{n:,}")
+    table.add_row(
+        "HTTP phase", f"{http_seconds:.1f} s ({len(via_http) / http_seconds:,.0f} requests/s)"
+    )
+    table.add_row(
+        "end to end (submit → stored → published)",
+        f"{elapsed:.1f} s ({count / elapsed:,.0f} signatures/s)",
+    )
+    table.add_row("published total / COUNT(*) in PostgreSQL", f"{published:,} / {count_star:,}")
+    table.add_row("totals match", "[bold green]yes[/]" if match else "[bold red]NO[/]")
+    console.print(table)
+    return match and not outcome.failed and sum(dead.values()) == len(via_kafka)

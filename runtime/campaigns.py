@@ -1,0 +1,115 @@
+"""Campaigns and their totals in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from runtime.db import Queryable
+from schemas.campaign import Campaign, CampaignStatus, NewCampaign
+from schemas.events import CampaignTotals
+
+
+class CampaignExists(Exception):
+    pass
+
+
+class UnknownCampaign(Exception):
+    pass
+
+
+async def create_campaign(pool: asyncpg.Pool, new: NewCampaign) -> Campaign:
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                """INSERT INTO campaigns (slug, title, target, goal, description)
+                   VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                new.slug,
+                new.title,
+                new.target,
+                new.goal,
+                new.description,
+            )
+        except asyncpg.UniqueViolationError:
+            raise CampaignExists(new.slug) from None
+        assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
+        await conn.execute("INSERT INTO campaign_totals (campaign) VALUES ($1)", new.slug)
+    return Campaign.model_validate(dict(row))
+
+
+async def list_campaigns(pool: asyncpg.Pool) -> list[Campaign]:
+    rows = await pool.fetch("SELECT * FROM campaigns ORDER BY created_at, slug")
+    return [Campaign.model_validate(dict(row)) for row in rows]
+
+
+async def get_campaign(pool: asyncpg.Pool, slug: str) -> Campaign:
+    row = await pool.fetchrow("SELECT * FROM campaigns WHERE slug = $1", slug)
+    if row is None:
+        raise UnknownCampaign(slug)
+    return Campaign.model_validate(dict(row))
+
+
+async def close_campaign(pool: asyncpg.Pool, slug: str) -> Campaign:
+    """Close a campaign; later submissions are rejected. The totals version moves on."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE campaigns SET status = 'closed', closed_at = coalesce(closed_at, now())
+               WHERE slug = $1 RETURNING *""",
+            slug,
+        )
+        if row is None:
+            raise UnknownCampaign(slug)
+        await conn.execute(
+            "UPDATE campaign_totals SET version = version + 1, updated_at = now() "
+            "WHERE campaign = $1",
+            slug,
+        )
+    return Campaign.model_validate(dict(row))
+
+
+async def campaign_statuses(conn: Queryable) -> dict[str, CampaignStatus]:
+    rows = await conn.fetch("SELECT slug, status FROM campaigns")
+    return {row["slug"]: CampaignStatus(row["status"]) for row in rows}
+
+
+_TOTALS_SQL = """
+SELECT t.campaign, t.total, t.version, t.updated_at, c.goal, c.status,
+       coalesce((SELECT jsonb_object_agg(b.key, b.count) FROM campaign_breakdown b
+                 WHERE b.campaign = t.campaign AND b.dimension = 'country'), '{}') AS by_country,
+       coalesce((SELECT jsonb_object_agg(b.key, b.count) FROM campaign_breakdown b
+                 WHERE b.campaign = t.campaign AND b.dimension = 'source'), '{}') AS by_source
+FROM campaign_totals t JOIN campaigns c ON c.slug = t.campaign
+"""
+
+
+def _totals(row: asyncpg.Record) -> CampaignTotals:
+    values: dict[str, Any] = dict(row)
+    values["by_country"] = json.loads(values["by_country"])
+    values["by_source"] = json.loads(values["by_source"])
+    return CampaignTotals.model_validate(values)
+
+
+async def read_totals(conn: Queryable, campaigns: list[str] | None = None) -> list[CampaignTotals]:
+    if campaigns is None:
+        rows = await conn.fetch(_TOTALS_SQL + " ORDER BY t.campaign")
+    else:
+        rows = await conn.fetch(
+            _TOTALS_SQL + " WHERE t.campaign = ANY($1::text[]) ORDER BY t.campaign", campaigns
+        )
+    return [_totals(row) for row in rows]
+
+
+async def totals_versions(conn: Queryable) -> dict[str, int]:
+    rows = await conn.fetch("SELECT campaign, version FROM campaign_totals")
+    return {row["campaign"]: int(row["version"]) for row in rows}
+
+
+async def counted_rows(conn: Queryable) -> dict[str, int]:
+    """COUNT(*) of signatures per campaign, for checking the totals against the rows."""
+    rows = await conn.fetch(
+        "SELECT c.slug, count(s.id) AS n FROM campaigns c "
+        "LEFT JOIN signatures s ON s.campaign = c.slug GROUP BY c.slug"
+    )
+    return {row["slug"]: int(row["n"]) for row in rows}

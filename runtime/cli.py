@@ -1,0 +1,288 @@
+"""The `signatures` command: every entry point, reading the same configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Annotated, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runtime.logs import configure_logging, get_logger
+from runtime.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="signatures",
+    help="Petition signatures: ingest, validate, deduplicate, persist, count.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+campaign_app = typer.Typer(help="Create, list and close campaigns.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+T = TypeVar("T")
+log = get_logger("runtime.cli")
+out = Console()
+
+Host = Annotated[str | None, typer.Option(help="Address to listen on [SIGNATURES_API_HOST]")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on [SIGNATURES_API_PORT]")]
+
+
+def settings() -> Settings:
+    loaded = load_settings()
+    configure_logging(loaded.log_format, loaded.log_level)
+    return loaded
+
+
+def run(coro: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro()
+
+    return asyncio.run(main())
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if needed and apply the schema migrations."""
+    from runtime.db import apply_migrations, ensure_database
+
+    s = settings()
+
+    async def go() -> list[str]:
+        await ensure_database(s.database_url)
+        return await apply_migrations(s.database_url)
+
+    applied = run(go)
+    out.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def topics() -> None:
+    """Create the pipeline's topics on the configured broker."""
+    from runtime.kafka import bootstrap_of
+    from runtime.topics import ensure_topics
+
+    s = settings()
+    run(lambda: ensure_topics(s, bootstrap_of(s)))
+    out.print("topics are in place")
+
+
+@app.command()
+def api(host: Host = None, port: Port = None) -> None:
+    """Serve the ingest API (HTTP) on one process."""
+    import uvicorn
+
+    from ingest.api import create_app
+
+    s = settings()
+    s.require_dedupe_secret()
+    uvicorn.run(
+        create_app(s),
+        host=host or s.api_host,
+        port=port if port is not None else s.api_port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(s.shutdown_grace_s),
+    )
+
+
+class Worker(StrEnum):
+    PERSIST = "persist"
+    COUNT = "count"
+
+
+@app.command()
+def worker(
+    kind: Annotated[Worker, typer.Argument(help="persist: submissions to Postgres; count: totals")],
+    drain: Annotated[bool, typer.Option(help="Stop once the topic is drained")] = False,
+) -> None:
+    """Run one consumer process (scale by running more: they share a consumer group)."""
+    from consumers.service import WorkerKind, install_stop_signals, run_worker
+
+    s = settings()
+    if kind is Worker.PERSIST:
+        s.require_dedupe_secret()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_worker(WorkerKind(kind.value), s, stop, drain=drain)
+
+    run(go)
+
+
+@app.command()
+def up(
+    host: Host = None,
+    port: Port = None,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Persist worker processes")] = 2,
+) -> None:
+    """Run everything on this machine; Ctrl-C stops it cleanly."""
+    from consumers.service import install_stop_signals
+    from runtime.supervisor import running_stack
+
+    s = settings().with_local_secret()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with running_stack(
+            s, host=host or s.api_host, port=port or s.api_port, persist_workers=workers
+        ) as stack:
+            out.print(
+                f"[bold green]ready[/] API on {stack.api_url} (docs at {stack.api_url}/docs); "
+                "Ctrl-C stops"
+            )
+            await stop.wait()
+
+    run(go)
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(min=1, help="Signatures to submit")] = 20_000,
+    host: Host = None,
+    port: Port = None,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Persist worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024, help="HTTP requests in flight")] = 64,
+    seed: Annotated[int | None, typer.Option(help="Seed of the generated data")] = None,
+) -> None:
+    """`up`, then submit COUNT realistic signatures through the API and check the totals."""
+    from ingest.demo import run_demo
+
+    s = settings().with_local_secret()
+    ok = run(
+        lambda: run_demo(
+            s,
+            count=count,
+            host=host or s.api_host,
+            port=port or s.api_port,
+            workers=workers,
+            concurrency=concurrency,
+            seed=seed,
+            console=out,
+        )
+    )
+    raise typer.Exit(0 if ok else 1)
+
+
+@campaign_app.command("create")
+def campaign_create(
+    slug: Annotated[str, typer.Option(help="URL name, e.g. cecenia")],
+    title: Annotated[str, typer.Option()],
+    target: Annotated[str, typer.Option(help="Who the petition is addressed to")],
+    goal: Annotated[int, typer.Option(help="Signature goal")],
+    description: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Create an open campaign."""
+    from pydantic import ValidationError
+
+    from runtime.campaigns import CampaignExists, create_campaign
+    from schemas.campaign import NewCampaign
+    from schemas.submission import field_errors
+
+    s = settings()
+    try:
+        new = NewCampaign(slug=slug, title=title, target=target, goal=goal, description=description)
+    except ValidationError as exc:
+        for error in field_errors(exc):
+            typer.echo(f"--{error.field.replace('_', '-')}: {error.reason.value}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        created = run(lambda: _with_pool(s, lambda pool: create_campaign(pool, new)))
+    except CampaignExists:
+        typer.echo(f"campaign {slug} already exists", err=True)
+        raise typer.Exit(1) from None
+    out.print(f"created campaign {created.slug} (goal {created.goal:,})")
+
+
+@campaign_app.command("list")
+def campaign_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+) -> None:
+    """List campaigns with their totals."""
+    from runtime.campaigns import list_campaigns, read_totals
+
+    s = settings()
+
+    async def go(pool: asyncpg.Pool) -> list[dict[str, object]]:
+        totals = {t.campaign: t.total for t in await read_totals(pool)}
+        return [
+            {**c.model_dump(mode="json"), "total": totals.get(c.slug, 0)}
+            for c in await list_campaigns(pool)
+        ]
+
+    rows = run(lambda: _with_pool(s, go))
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("slug", "status", "total", "goal", "title", "target")
+    for row in rows:
+        table.add_row(
+            str(row["slug"]),
+            str(row["status"]),
+            f"{row['total']:,}",
+            f"{row['goal']:,}",
+            str(row["title"]),
+            str(row["target"]),
+        )
+    out.print(table)
+
+
+@campaign_app.command("close")
+def campaign_close(slug: Annotated[str, typer.Argument()]) -> None:
+    """Close a campaign: later submissions are rejected (campaign_closed)."""
+    from runtime.campaigns import UnknownCampaign, close_campaign
+
+    s = settings()
+    try:
+        run(lambda: _with_pool(s, lambda pool: close_campaign(pool, slug)))
+    except UnknownCampaign:
+        typer.echo(f"no campaign {slug}", err=True)
+        raise typer.Exit(1) from None
+    out.print(f"closed campaign {slug}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a submission, for partners producing to Kafka."""
+    from schemas.submission import Submission
+
+    typer.echo(json.dumps(Submission.model_json_schema(), indent=2))
+
+
+async def _with_pool(s: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    from runtime.db import create_pool
+
+    pool = await create_pool(s.database_url, max_size=1)
+    try:
+        return await use(pool)
+    finally:
+        await pool.close()
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"configuration error: {line}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno == 111:  # connection refused: say which service
+            print(f"cannot connect: {exc.strerror}", file=sys.stderr)  # noqa: T201
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""PostgreSQL: the pool, database creation, migrations and the dedupe-key guard."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from schemas.migrate import current_version, latest_version, migrate
+
+# A connection as a pool lends it, or a plain one; and anything that can run a query.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Queryable = Conn | asyncpg.Pool
+
+
+class DedupeKeyMismatch(RuntimeError):
+    pass
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # One staging table per connection for COPY; emptied at every commit.
+    await conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS staging_signatures (
+               submission_id uuid, campaign text, email_hash bytea, first_name text,
+               last_name text, email text, country text, postcode text, consent boolean,
+               language text, source text, submitted_at timestamptz, received_at timestamptz
+           ) ON COMMIT DELETE ROWS"""
+    )
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=60,
+        server_settings={"application_name": "signatures"},
+    )
+    assert pool is not None  # noqa: S101 - asyncpg types the pool as optional
+    return pool
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in the URL if it does not exist; True if created."""
+    name = database_name(url)
+    conn = await asyncpg.connect(_with_database(url, "postgres"))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+async def apply_migrations(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+    finally:
+        await conn.close()
+
+
+async def schema_is_current(conn: Conn) -> bool:
+    return await current_version(conn) == latest_version()
+
+
+def key_fingerprint(secret: bytes) -> str:
+    return hmac.new(secret, b"signatures dedupe key fingerprint v1", hashlib.sha256).hexdigest()[
+        :16
+    ]
+
+
+async def check_dedupe_key(pool: asyncpg.Pool, secret: bytes) -> None:
+    """Refuse to run with a different dedupe secret than the one the stored hashes used."""
+    fingerprint = key_fingerprint(secret)
+    stored = await pool.fetchval(
+        """INSERT INTO dedupe_key (fingerprint) VALUES ($1)
+           ON CONFLICT (singleton) DO UPDATE SET fingerprint = dedupe_key.fingerprint
+           RETURNING fingerprint""",
+        fingerprint,
+    )
+    if stored != fingerprint:
+        raise DedupeKeyMismatch(
+            "SIGNATURES_DEDUPE_SECRET: differs from the secret this database's dedupe hashes "
+            f"were made with (fingerprint {stored}); the same person would be counted twice"
+        )

@@ -1,0 +1,124 @@
+"""Configuration, read once at the entry point from the environment and passed down."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "SIGNATURES_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line per variable."""
+
+
+class Settings(BaseSettings):
+    """Everything a process of the pipeline can be told, with the environment variable names.
+
+    `KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL` keep their conventional names; the rest
+    live under the `SIGNATURES_` prefix.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="host:port[,host:port]; unset means `up`/`demo` start the embedded broker",
+    )
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/signatures",
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="PostgreSQL connection URL",
+    )
+    dedupe_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the dedupe hash; at least 32 characters; must never change",
+    )
+    topic_submitted: str = "signatures.submitted"
+    topic_rejected: str = "signatures.rejected"
+    topic_accepted: str = "signatures.accepted"
+    topic_totals: str = "signatures.totals"
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 6
+    persist_group: str = "signatures-persist"
+    count_group: str = "signatures-count"
+    batch_max_records: Annotated[int, Field(ge=1, le=100_000)] = 5_000
+    batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    max_record_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_384
+    max_body_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 4_000_000
+    producer_linger_ms: Annotated[int, Field(ge=0, le=1_000)] = 5
+    kafka_enable_idempotence: bool = False
+    session_timeout_ms: Annotated[int, Field(ge=1_000, le=300_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
+    shutdown_grace_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    totals_poll_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    state_dir: Path = Path.home() / ".local" / "state" / "signatures"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @field_validator("dedupe_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    def require_dedupe_secret(self) -> bytes:
+        """The dedupe HMAC key, or a ConfigError naming the variable."""
+        if self.dedupe_secret is None:
+            raise ConfigError(
+                f"{PREFIX}DEDUPE_SECRET: not set (generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return self.dedupe_secret.get_secret_value().encode()
+
+    def with_local_secret(self) -> Settings:
+        """For one-machine runs (`up`, `demo`): a secret kept in the state directory.
+
+        The secret is generated once and reused on every later run, so the same person
+        keeps the same dedupe hash; production sets SIGNATURES_DEDUPE_SECRET instead.
+        """
+        if self.dedupe_secret is not None:
+            return self
+        path = self.state_dir / "dedupe-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return self.model_copy(update={"dedupe_secret": SecretStr(path.read_text().strip())})
+
+
+def _env_name(field: str) -> str:
+    if field.isupper():  # reported under its alias, already the variable's name
+        return field
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return f"{PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise ConfigError with one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"{_env_name(field)}: {error['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,172 @@
+"""`signatures up`: everything on one machine, as child processes, stopped in order.
+
+Broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), migrations, topics, then the API,
+the persist workers and the counter as separate processes (so they use both cores). A
+child that dies is restarted. Ctrl-C stops the API first, then the workers (each drains
+its batch in flight), then the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from runtime.broker import EmbeddedBroker
+from runtime.db import apply_migrations, ensure_database
+from runtime.logs import get_logger
+from runtime.settings import Settings
+from runtime.topics import ensure_topics
+
+log = get_logger("runtime.supervisor")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_file: IO[bytes] | None
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+
+class Stack:
+    """The running pipeline: where its API answers and how to stop it."""
+
+    def __init__(self, settings: Settings, api_url: str, log_dir: Path | None) -> None:
+        self.settings = settings
+        self.api_url = api_url
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.settings.kafka_bootstrap_servers or ""
+        env["DATABASE_URL"] = self.settings.database_url
+        if self.settings.dedupe_secret is not None:
+            env["SIGNATURES_DEDUPE_SECRET"] = self.settings.dedupe_secret.get_secret_value()
+        return env
+
+    async def spawn(self, name: str, *args: str) -> Child:
+        log_file = None
+        if self.log_dir is not None:
+            log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230
+        child = Child(name, [sys.executable, "-m", "runtime.cli", *args], log_file)
+        await self._start(child)
+        self.children.append(child)
+        self._watchers.append(asyncio.create_task(self._watch(child)))
+        return child
+
+    async def _start(self, child: Child) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv,
+            env=self.env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=child.log_file,
+            stderr=child.log_file,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
+        )
+        child.started_at = time.monotonic()
+
+    async def _watch(self, child: Child) -> None:
+        while True:
+            assert child.process is not None  # noqa: S101
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            child.restarts += 1
+            log.warning("child_exited", child=child.name, code=code, restarts=child.restarts)
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(child.restarts, 6)))
+            if self._stopping:
+                return
+            await self._start(child)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    response = await client.get(f"{self.api_url}/readyz", timeout=2)
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the API at {self.api_url} is not ready after {timeout:.0f}s"
+                    )
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        order = [c for c in self.children if c.name == "api"]
+        order += [c for c in self.children if c.name.startswith("persist")]
+        order += [c for c in self.children if c.name == "counter"]
+        for child in order:
+            await _terminate(child, self.settings.shutdown_grace_s + 5)
+        for watcher in self._watchers:
+            watcher.cancel()
+        for child in self.children:
+            if child.log_file is not None:
+                child.log_file.close()
+
+
+async def _terminate(child: Child, timeout: float) -> None:
+    process = child.process
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        log.warning("child_killed", child=child.name)
+        process.kill()
+        await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    persist_workers: int = 2,
+    log_dir: Path | None = None,
+) -> AsyncIterator[Stack]:
+    """Bring the whole pipeline up; tear it down on exit."""
+    broker: EmbeddedBroker | None = None
+    if not settings.kafka_bootstrap_servers:
+        broker_log = log_dir / "broker.log" if log_dir else None
+        broker = EmbeddedBroker(log_path=broker_log)
+        await asyncio.to_thread(broker.start)
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap})
+        log.info("embedded_broker_started", bootstrap=broker.bootstrap)
+    stack = Stack(settings, f"http://{host}:{port}", log_dir)
+    try:
+        if await ensure_database(settings.database_url):
+            log.info("database_created")
+        applied = await apply_migrations(settings.database_url)
+        log.info("migrations", applied=applied)
+        await ensure_topics(settings, settings.kafka_bootstrap_servers or "")
+        await stack.spawn("api", "api", "--host", host, "--port", str(port))
+        for n in range(persist_workers):
+            await stack.spawn(f"persist-{n + 1}", "worker", "persist")
+        await stack.spawn("counter", "worker", "count")
+        await stack.wait_ready()
+        yield stack
+    finally:
+        await stack.stop()
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)

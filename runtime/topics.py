@@ -1,0 +1,55 @@
+"""The topic set: names come from settings; partitions and retention are decided here."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from runtime.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    submitted: str
+    rejected: str
+    accepted: str
+    totals: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        return cls(
+            submitted=settings.topic_submitted,
+            rejected=settings.topic_rejected,
+            accepted=settings.topic_accepted,
+            totals=settings.topic_totals,
+        )
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    topics = Topics.from_settings(settings)
+    n = settings.partitions
+    return [
+        NewTopic(topics.submitted, n, 1),
+        NewTopic(topics.rejected, n, 1),
+        NewTopic(topics.accepted, n, 1),
+        # One partition: few keys (one per campaign), and every reader wants them all.
+        NewTopic(topics.totals, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+    ]
+
+
+async def ensure_topics(settings: Settings, bootstrap: str) -> None:
+    """Create the pipeline's topics; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        if missing:
+            # Created concurrently by another process: what we wanted.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()

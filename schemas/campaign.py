@@ -1,0 +1,31 @@
+"""Campaigns as the CLI and the API see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.submission import Slug
+
+
+class CampaignStatus(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class NewCampaign(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slug: Slug
+    title: str = Field(min_length=1, max_length=200)
+    target: str = Field(min_length=1, max_length=200)
+    goal: int = Field(gt=0, le=1_000_000_000)
+    description: str = Field(default="", max_length=20_000)
+
+
+class Campaign(NewCampaign):
+    status: CampaignStatus
+    created_at: datetime
+    closed_at: datetime | None = None

@@ -1,0 +1,72 @@
+"""Messages the pipeline publishes. None of them carries a name, an email or a postcode."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.reasons import Reason
+from schemas.submission import Slug, Source
+
+
+class AcceptedEvent(BaseModel):
+    """One new signature, on `signatures.accepted` (at least once; dedupe by signature_id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="AcceptedEvent")
+
+    signature_id: int
+    submission_id: UUID
+    campaign: Slug
+    country: str
+    source: Source
+    submitted_at: datetime
+    accepted_at: datetime
+
+
+class CampaignTotals(BaseModel):
+    """Absolute running totals of one campaign, on `signatures.totals` (key = slug).
+
+    Readers keep the highest `version` per campaign; older or repeated versions are
+    harmless, so publication is at-least-once and order-insensitive.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="CampaignTotals")
+
+    campaign: Slug
+    total: int = Field(ge=0)
+    version: int = Field(ge=0)
+    goal: int
+    status: str
+    by_country: dict[str, int]
+    by_source: dict[str, int]
+    updated_at: datetime
+
+
+class DeadLetterHeaders(BaseModel):
+    """Headers of a record on `signatures.rejected`; its value is the original payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: Reason
+    detail: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    rejected_at: datetime
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        return [
+            ("reason", self.reason.value.encode()),
+            ("detail", self.detail.encode()),
+            ("origin_topic", self.origin_topic.encode()),
+            ("origin_partition", str(self.origin_partition).encode()),
+            ("origin_offset", str(self.origin_offset).encode()),
+            ("rejected_at", self.rejected_at.isoformat().encode()),
+        ]
+
+    @classmethod
+    def from_kafka(cls, headers: list[tuple[str, bytes]]) -> DeadLetterHeaders:
+        values = {key: value.decode() for key, value in headers}
+        return cls.model_validate(values)

@@ -1,0 +1,199 @@
+"""The submission: the message on `signatures.submitted`, validated and normalised.
+
+Validation never echoes what was submitted: errors carry a field name and a reason
+code (see `schemas.reasons`), never the value, because the value may be an email.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Annotated, Any
+from uuid import UUID
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from schemas.countries import ISO_3166_ALPHA2
+from schemas.reasons import Reason
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SOURCE_PATTERN = r"^(web|partner:[a-z0-9][a-z0-9-]{0,62}|import:[a-z0-9][a-z0-9-]{0,62})$"
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}$"
+POSTCODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 -]{0,15}$"
+NAME_MAX = 100
+EMAIL_MAX = 254
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+CLOCK_SKEW = timedelta(minutes=5)
+
+# C0/C1 controls, zero-width space, BOM, line/paragraph separators and bidi overrides.
+# ZWNJ/ZWJ (U+200C/D) stay allowed: they are part of correct spelling in several scripts.
+_FORBIDDEN = re.compile("[\x01-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _fail(reason: Reason, message: str) -> PydanticCustomError:
+    return PydanticCustomError(reason.value, message)
+
+
+def clean_text(value: str, *, max_len: int) -> str:
+    """NFC, trimmed, free of control characters, 1..max_len characters."""
+    if "\x00" in value:
+        raise _fail(Reason.NUL_BYTE, "contains a NUL byte")
+    value = unicodedata.normalize("NFC", value).strip()
+    if _FORBIDDEN.search(value):
+        raise _fail(Reason.CONTROL_CHARACTERS, "contains control or invisible characters")
+    if not value:
+        raise _fail(Reason.EMPTY_FIELD, "must not be empty")
+    if len(value) > max_len:
+        raise _fail(Reason.FIELD_TOO_LONG, f"must be at most {max_len} characters")
+    return value
+
+
+def normalise_email(value: str) -> str:
+    """email-validator's normalised form (no network lookups), as stored and as hashed."""
+    if "\x00" in value:
+        raise _fail(Reason.NUL_BYTE, "contains a NUL byte")
+    value = value.strip()
+    if len(value) > EMAIL_MAX:
+        raise _fail(Reason.FIELD_TOO_LONG, f"must be at most {EMAIL_MAX} characters")
+    try:
+        info = validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        raise _fail(Reason.INVALID_EMAIL, "is not a valid email address") from None
+    normalized: str = info.normalized
+    return normalized
+
+
+def _country(value: str) -> str:
+    code = value.strip().upper()
+    if code not in ISO_3166_ALPHA2:
+        raise _fail(Reason.INVALID_COUNTRY, "must be an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+def _timestamp(value: datetime) -> datetime:
+    value = value.astimezone(UTC)
+    if value < EARLIEST or value > datetime.now(UTC) + CLOCK_SKEW:
+        raise _fail(Reason.INVALID_TIMESTAMP, "is not a plausible time")
+    return value
+
+
+def _strict_str(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise _fail(Reason.INVALID_FIELD, "must be a string")
+    return value
+
+
+Name = Annotated[
+    str,
+    BeforeValidator(_strict_str),
+    AfterValidator(partial(clean_text, max_len=NAME_MAX)),
+    Field(json_schema_extra={"minLength": 1, "maxLength": NAME_MAX}),
+]
+Email = Annotated[
+    str,
+    BeforeValidator(_strict_str),
+    AfterValidator(normalise_email),
+    Field(json_schema_extra={"format": "email", "maxLength": EMAIL_MAX}),
+]
+Country = Annotated[
+    str,
+    BeforeValidator(_strict_str),
+    AfterValidator(_country),
+    Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$"}),
+]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_timestamp)]
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
+Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
+
+
+class Submission(BaseModel):
+    """One person's signature for one campaign, as it travels on `signatures.submitted`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Submission")
+
+    submission_id: UUID = Field(description="Producer-chosen idempotency key")
+    campaign: Slug
+    first_name: Name
+    last_name: Name
+    email: Email
+    country: Country = Field(description="ISO 3166-1 alpha-2")
+    postcode: Annotated[str, Field(pattern=POSTCODE_PATTERN)] | None = None
+    consent: StrictBool = Field(description="Opt-in to further contact; only true counts")
+    language: Annotated[str, Field(pattern=LANGUAGE_PATTERN)] | None = None
+    source: Source = Field(description="web, partner:<org> or import:<name>")
+    submitted_at: Timestamp
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When the ingest API received it (set by the API)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    reason: Reason
+
+
+_PYDANTIC_TO_REASON = {
+    "missing": Reason.MISSING_FIELD,
+    "extra_forbidden": Reason.UNKNOWN_FIELD,
+    "string_too_long": Reason.FIELD_TOO_LONG,
+    "string_too_short": Reason.EMPTY_FIELD,
+    "timezone_aware": Reason.INVALID_TIMESTAMP,
+    "datetime_parsing": Reason.INVALID_TIMESTAMP,
+    "datetime_from_date_parsing": Reason.INVALID_TIMESTAMP,
+    "datetime_type": Reason.INVALID_TIMESTAMP,
+    "datetime_object_invalid": Reason.INVALID_TIMESTAMP,
+    "json_invalid": Reason.MALFORMED_JSON,
+    "json_type": Reason.MALFORMED_JSON,
+    "model_type": Reason.MALFORMED_JSON,
+    "model_attributes_type": Reason.MALFORMED_JSON,
+}
+_SAFE_FIELD = re.compile(r"^[a-z_]{1,40}$")
+_KNOWN_REASONS = {reason.value for reason in Reason}
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Field names and reason codes of a ValidationError, with no submitted value in them.
+
+    Never use `str(exc)`: it contains the input. Unknown field names are shown only when
+    they look like field names, since a key, too, could carry personal data.
+    """
+    errors: list[FieldError] = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        kind = error["type"]
+        if kind in _KNOWN_REASONS:
+            reason = Reason(kind)
+        else:
+            reason = _PYDANTIC_TO_REASON.get(kind, Reason.INVALID_FIELD)
+        loc = [str(part) for part in error["loc"] if isinstance(part, str)]
+        name = loc[0] if loc else "(record)"
+        if not _SAFE_FIELD.match(name) and name != "(record)":
+            name = "(unnamed)"
+        errors.append(FieldError(name, reason))
+    return errors
+
+
+def primary_reason(errors: list[FieldError]) -> Reason:
+    """The reason code a dead letter is filed under: the record-level one, else the first."""
+    for error in errors:
+        if error.field == "(record)":
+            return error.reason
+    return errors[0].reason if errors else Reason.INVALID_FIELD
+
+
+def describe(errors: list[FieldError]) -> str:
+    return "; ".join(f"{error.field}: {error.reason.value}" for error in errors)
