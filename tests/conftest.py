@@ -1,0 +1,100 @@
+"""Fixtures: real PostgreSQL and a real Kafka-protocol broker, isolated per test.
+
+The broker is the embedded one (one per session) unless KAFKA_BOOTSTRAP_SERVERS names a
+cluster. Every test gets its own database and uuid-named topics and consumer groups.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from runtime.broker import EmbeddedBroker
+from runtime.db import apply_migrations, create_pool
+from runtime.settings import Settings
+from runtime.topics import ensure_topics
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SECRET = "test-dedupe-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    ARTIFACTS.mkdir(exist_ok=True)
+    broker = EmbeddedBroker(log_path=ARTIFACTS / "test-broker.log")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    name = f"sigtest_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    await apply_migrations(url)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, max_size=4)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+def make_settings(database_url: str, bootstrap: str, **overrides: object) -> Settings:
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "database_url": database_url,
+        "dedupe_secret": SecretStr(SECRET),
+        "topic_submitted": f"t-{suffix}.submitted",
+        "topic_rejected": f"t-{suffix}.rejected",
+        "topic_accepted": f"t-{suffix}.accepted",
+        "topic_totals": f"t-{suffix}.totals",
+        "persist_group": f"g-{suffix}-persist",
+        "count_group": f"g-{suffix}-count",
+        "partitions": 3,
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 500,
+        "batch_timeout_ms": 100,
+        "shutdown_grace_s": 5.0,
+        "totals_poll_s": 0.2,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def settings(database_url: str, kafka_bootstrap: str) -> Settings:
+    s = make_settings(database_url, kafka_bootstrap)
+    await ensure_topics(s, kafka_bootstrap)
+    return s

@@ -1,0 +1,82 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from runtime.kafka import make_consumer, make_producer
+from runtime.settings import Settings
+from schemas.campaign import NewCampaign
+
+CAMPAIGN = NewCampaign(
+    slug="cecenia", title="Cecenia", target="Autorità federali russe", goal=200_000
+)
+
+
+def submission(**fields: Any) -> dict[str, Any]:
+    """A valid submission for the test campaign, with a unique id and email."""
+    token = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "submission_id": str(uuid.uuid4()),
+        "campaign": CAMPAIGN.slug,
+        "first_name": "Giulia",
+        "last_name": "Rossi",
+        "email": f"giulia.{token}@example.org",
+        "country": "IT",
+        "consent": True,
+        "source": "web",
+        "submitted_at": datetime.now(UTC).isoformat(),
+    }
+    values.update(fields)
+    return values
+
+
+async def produce(settings: Settings, values: list[bytes | None], topic: str | None = None) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic or settings.topic_submitted, value=value, key=uuid.uuid4().bytes)
+            for value in values
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def encode(values: list[dict[str, Any]]) -> list[bytes | None]:
+    return [json.dumps(v, ensure_ascii=False).encode() for v in values]
+
+
+async def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
+    """Every record of a topic, from its beginning up to its current end."""
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        async with asyncio.timeout(timeout):
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                for part in batch.values():
+                    records.extend(part)
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(
+                    consumer.highwater(tp) is not None and pos >= consumer.highwater(tp)
+                    for tp, pos in zip(tps, positions, strict=True)
+                ):
+                    return records
+    finally:
+        await consumer.stop()

@@ -1,0 +1,140 @@
+"""The persist worker against the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import unicodedata
+
+import asyncpg
+import pytest
+
+from consumers.service import WorkerKind, run_worker
+from runtime.campaigns import close_campaign, counted_rows, create_campaign, read_totals
+from runtime.settings import Settings
+from schemas.campaign import NewCampaign
+from schemas.events import AcceptedEvent, DeadLetterHeaders
+from tests.helpers import CAMPAIGN, encode, produce, read_topic, submission
+
+pytestmark = pytest.mark.integration
+
+
+async def drain(settings: Settings, kind: WorkerKind = WorkerKind.PERSIST) -> dict[str, int]:
+    stats = await asyncio.wait_for(run_worker(kind, settings, asyncio.Event(), drain=True), 60)
+    return stats.outcomes
+
+
+async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asyncpg.Pool) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    await create_campaign(pool, NewCampaign(slug="closed", title="t", target="t", goal=10))
+    await close_campaign(pool, "closed")
+    first = submission(email="Mario.Rossi@Example.ORG", country="it", first_name=" Mario ")
+    same_person = submission(email="  mario.rossi@example.org ")
+    nfd = unicodedata.normalize("NFD", "josé@example.org")
+    unicode_first = submission(email="JOSÉ@example.org", country="ES")
+    unicode_again = submission(email=nfd, country="ES")
+    others = [submission(country="FR", source="partner:acme") for _ in range(5)]
+    bad = [
+        submission(email="not-an-email"),
+        submission(first_name="Nul\x00l"),
+        submission(consent="yes"),
+        submission(campaign="nope"),
+        submission(campaign="closed"),
+        submission(country="XX"),
+    ]
+    values = encode([first, same_person, unicode_first, unicode_again, *others, *bad])
+    values += [b"{not json", b"\xff\xfe\x00", None, b"[]"]
+    await produce(settings, values)
+
+    outcome = await drain(settings)
+
+    assert outcome["inserted"] == 7
+    assert outcome["duplicates"] == 2
+    assert outcome["dead_lettered"] == 10
+    row = await pool.fetchrow("SELECT * FROM signatures WHERE submission_id = $1::uuid",
+                              first["submission_id"])
+    assert row is not None
+    assert (row["first_name"], row["country"], row["email"]) == ("Mario", "IT", "Mario.Rossi@example.org")
+    assert len(row["email_hash"]) == 32
+    assert (await counted_rows(pool))[CAMPAIGN.slug] == 7
+    [totals] = await read_totals(pool, [CAMPAIGN.slug])
+    assert totals.total == 7
+    assert totals.by_country == {"IT": 1, "ES": 1, "FR": 5}
+    assert totals.by_source == {"web": 2, "partner:acme": 5}
+    assert await pool.fetchval("SELECT duplicates FROM campaign_totals WHERE campaign = $1",
+                               CAMPAIGN.slug) == 2
+
+    dead = await read_topic(settings, settings.topic_rejected)
+    reasons = sorted(DeadLetterHeaders.from_kafka(list(r.headers)).reason.value for r in dead)
+    assert reasons == sorted([
+        "invalid_email", "nul_byte", "invalid_field", "unknown_campaign", "campaign_closed",
+        "invalid_country", "malformed_json", "invalid_encoding", "empty_record", "malformed_json",
+    ])
+    for record in dead:
+        headers = DeadLetterHeaders.from_kafka(list(record.headers))
+        assert headers.origin_topic == settings.topic_submitted
+        assert record.value in values  # the original payload, byte for byte
+        header_text = b"".join(v for _, v in record.headers).decode()
+        assert "example.org" not in header_text and "Nul" not in header_text
+
+    accepted = [AcceptedEvent.model_validate_json(r.value) for r in
+                await read_topic(settings, settings.topic_accepted)]
+    assert len({e.signature_id for e in accepted}) == 7
+    raw = b"".join(r.value for r in await read_topic(settings, settings.topic_accepted))
+    assert b"@" not in raw and b"Mario" not in raw
+
+
+async def test_redelivery_changes_nothing(settings: Settings, pool: asyncpg.Pool) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    batch = [submission() for _ in range(50)] + [submission(email="same@example.org")] * 1
+    batch.append(submission(email="SAME@example.org"))
+    await produce(settings, encode(batch))
+    first = await drain(settings)
+    assert first["inserted"] == 51
+    assert first["duplicates"] == 1
+    [before] = await read_totals(pool, [CAMPAIGN.slug])
+
+    # The same records again, as after a crash between the database commit and the offset
+    # commit: a new consumer group starts from the beginning of the topic.
+    again = settings.model_copy(update={"persist_group": settings.persist_group + "-again"})
+    second = await drain(again)
+
+    assert second.get("inserted", 0) == 0
+    assert second["redelivered"] == 51
+    [after] = await read_totals(pool, [CAMPAIGN.slug])
+    assert after.total == before.total == 51
+    assert after.version == before.version
+    assert await pool.fetchval("SELECT count(*) FROM duplicate_submissions") == 1
+    assert (await counted_rows(pool))[CAMPAIGN.slug] == 51
+
+
+async def test_offsets_committed_after_the_batch(settings: Settings, pool: asyncpg.Pool) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    await produce(settings, encode([submission() for _ in range(30)]))
+    await drain(settings)
+    # A second run of the same group finds nothing left to do.
+    second = await drain(settings)
+    assert second == {}
+    assert (await counted_rows(pool))[CAMPAIGN.slug] == 30
+
+
+async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.Pool) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    await create_campaign(pool, NewCampaign(slug="quiet", title="t", target="t", goal=10))
+    people = [submission(country=c) for c in ("IT", "IT", "DE", "RU")]
+    await produce(settings, encode([*people, people[0] | {"submission_id": submission()["submission_id"]}]))
+    await drain(settings)
+    await drain(settings, WorkerKind.COUNT)
+
+    published = {}
+    for record in await read_topic(settings, settings.topic_totals):
+        value = json.loads(record.value)
+        assert record.key.decode() == value["campaign"]
+        if value["version"] >= published.get(value["campaign"], {"version": -1})["version"]:
+            published[value["campaign"]] = value
+    assert published[CAMPAIGN.slug]["total"] == 4
+    assert published[CAMPAIGN.slug]["by_country"] == {"IT": 2, "DE": 1, "RU": 1}
+    assert published[CAMPAIGN.slug]["goal"] == 200_000
+    assert published["quiet"]["total"] == 0
+    counts = await counted_rows(pool)
+    assert {k: v["total"] for k, v in published.items()} == counts
