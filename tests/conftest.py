@@ -20,7 +20,9 @@ from runtime.db import apply_migrations, create_pool
 from runtime.settings import Settings
 from runtime.topics import ensure_topics
 
-ADMIN_URL = os.environ.get("TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 SECRET = "test-dedupe-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 

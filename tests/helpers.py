@@ -42,7 +42,9 @@ async def produce(settings: Settings, values: list[bytes | None], topic: str | N
     await producer.start()
     try:
         futures = [
-            await producer.send(topic or settings.topic_submitted, value=value, key=uuid.uuid4().bytes)
+            await producer.send(
+                topic or settings.topic_submitted, value=value, key=uuid.uuid4().bytes
+            )
             for value in values
         ]
         await asyncio.gather(*futures)

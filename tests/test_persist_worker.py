@@ -51,25 +51,44 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
     assert outcome["inserted"] == 7
     assert outcome["duplicates"] == 2
     assert outcome["dead_lettered"] == 10
-    row = await pool.fetchrow("SELECT * FROM signatures WHERE submission_id = $1::uuid",
-                              first["submission_id"])
+    row = await pool.fetchrow(
+        "SELECT * FROM signatures WHERE submission_id = $1::uuid", first["submission_id"]
+    )
     assert row is not None
-    assert (row["first_name"], row["country"], row["email"]) == ("Mario", "IT", "Mario.Rossi@example.org")
+    assert (row["first_name"], row["country"], row["email"]) == (
+        "Mario",
+        "IT",
+        "Mario.Rossi@example.org",
+    )
     assert len(row["email_hash"]) == 32
     assert (await counted_rows(pool))[CAMPAIGN.slug] == 7
     [totals] = await read_totals(pool, [CAMPAIGN.slug])
     assert totals.total == 7
     assert totals.by_country == {"IT": 1, "ES": 1, "FR": 5}
     assert totals.by_source == {"web": 2, "partner:acme": 5}
-    assert await pool.fetchval("SELECT duplicates FROM campaign_totals WHERE campaign = $1",
-                               CAMPAIGN.slug) == 2
+    assert (
+        await pool.fetchval(
+            "SELECT duplicates FROM campaign_totals WHERE campaign = $1", CAMPAIGN.slug
+        )
+        == 2
+    )
 
     dead = await read_topic(settings, settings.topic_rejected)
     reasons = sorted(DeadLetterHeaders.from_kafka(list(r.headers)).reason.value for r in dead)
-    assert reasons == sorted([
-        "invalid_email", "nul_byte", "invalid_field", "unknown_campaign", "campaign_closed",
-        "invalid_country", "malformed_json", "invalid_encoding", "empty_record", "malformed_json",
-    ])
+    assert reasons == sorted(
+        [
+            "invalid_email",
+            "nul_byte",
+            "invalid_field",
+            "unknown_campaign",
+            "campaign_closed",
+            "invalid_country",
+            "malformed_json",
+            "invalid_encoding",
+            "empty_record",
+            "malformed_json",
+        ]
+    )
     for record in dead:
         headers = DeadLetterHeaders.from_kafka(list(record.headers))
         assert headers.origin_topic == settings.topic_submitted
@@ -77,8 +96,10 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
         header_text = b"".join(v for _, v in record.headers).decode()
         assert "example.org" not in header_text and "Nul" not in header_text
 
-    accepted = [AcceptedEvent.model_validate_json(r.value) for r in
-                await read_topic(settings, settings.topic_accepted)]
+    accepted = [
+        AcceptedEvent.model_validate_json(r.value)
+        for r in await read_topic(settings, settings.topic_accepted)
+    ]
     assert len({e.signature_id for e in accepted}) == 7
     raw = b"".join(r.value for r in await read_topic(settings, settings.topic_accepted))
     assert b"@" not in raw and b"Mario" not in raw
@@ -122,7 +143,9 @@ async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.
     await create_campaign(pool, CAMPAIGN)
     await create_campaign(pool, NewCampaign(slug="quiet", title="t", target="t", goal=10))
     people = [submission(country=c) for c in ("IT", "IT", "DE", "RU")]
-    await produce(settings, encode([*people, people[0] | {"submission_id": submission()["submission_id"]}]))
+    await produce(
+        settings, encode([*people, people[0] | {"submission_id": submission()["submission_id"]}])
+    )
     await drain(settings)
     await drain(settings, WorkerKind.COUNT)
 
