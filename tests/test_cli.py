@@ -137,5 +137,5 @@ def test_demo_ends_with_matching_totals(database_url: str, tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "totals match" in done.stdout and "yes" in done.stdout
-    assert "refused by the API (422)" in done.stdout
-    assert "dead-lettered (partner via Kafka)" in done.stdout
+    assert "refused (422)" in done.stdout
+    assert "dead letter (partner via Kafka)" in done.stdout
