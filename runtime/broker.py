@@ -62,7 +62,7 @@ class EmbeddedBroker:
         with contextlib.ExitStack() as files:
             log: int | IO[bytes] = subprocess.DEVNULL
             if self._log_path is not None:
-                log = files.enter_context(open(self._log_path, "ab"))  # noqa: SIM115
+                log = files.enter_context(open(self._log_path, "ab"))
             self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 argv,
                 stdout=log,
