@@ -8,6 +8,7 @@ import unicodedata
 
 import asyncpg
 import pytest
+import structlog
 
 from consumers.service import WorkerKind, run_worker
 from runtime.campaigns import close_campaign, counted_rows, create_campaign, read_totals
@@ -161,3 +162,24 @@ async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.
     assert published["quiet"]["total"] == 0
     counts = await counted_rows(pool)
     assert {k: v["total"] for k, v in published.items()} == counts
+
+
+async def test_no_personal_data_in_log_lines(settings: Settings, pool: asyncpg.Pool) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    sentinels = ["Sentinelname", "sentinel.person@example.org", "Zz9 9ZZ"]
+    values = encode(
+        [
+            submission(first_name=sentinels[0], email=sentinels[1], postcode=sentinels[2]),
+            submission(first_name=sentinels[0], email=sentinels[1].upper(), country="XX"),
+            submission(first_name=sentinels[0] + "\x07", email="bad" + sentinels[1]),
+        ]
+    )
+    await produce(settings, values)
+    with structlog.testing.capture_logs() as logs:
+        outcome = await drain(settings)
+    assert outcome["inserted"] == 1
+    assert outcome["dead_lettered"] == 2
+    assert any(line["event"] == "batch" for line in logs)
+    text = repr(logs).lower()
+    for sentinel in sentinels:
+        assert sentinel.lower() not in text
