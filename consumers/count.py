@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from consumers.deadletters import send_dead_letter
+from consumers.deadletters import dead_letter
 from consumers.errors import TRANSIENT
 from consumers.runner import Record
 from consumers.validate import Rejection
 from runtime.campaigns import read_totals, totals_versions
+from runtime.kafka import OutgoingRecord, produce_many
 from runtime.logs import get_logger
 from runtime.topics import Topics
 from schemas.reasons import Reason
@@ -41,19 +42,17 @@ class CountHandler:
 
     async def handle(self, records: Sequence[Record]) -> Mapping[str, int]:
         campaigns: set[str] = set()
-        futures = []
+        dead: list[OutgoingRecord] = []
         for record in records:
-            campaign = _campaign_of(record.value)
+            campaign = record.key.decode() if record.key else _campaign_of(record.value)
             if campaign is None:
                 rejection = Rejection(Reason.MALFORMED_JSON, "accepted event without a campaign")
-                futures.append(
-                    await send_dead_letter(self._producer, self._topics.rejected, record, rejection)
-                )
+                dead.append(dead_letter(record, rejection))
             else:
                 campaigns.add(campaign)
-        await asyncio.gather(*futures)
+        await produce_many(self._producer, self._topics.rejected, dead)
         published = await self.publish_changed(sorted(campaigns))
-        return {"campaigns": len(campaigns), "published": published, "dead_lettered": len(futures)}
+        return {"campaigns": len(campaigns), "published": published, "dead_lettered": len(dead)}
 
     async def publish_changed(self, campaigns: list[str] | None = None) -> int:
         """Publish the totals whose version is newer than the last one published here."""

@@ -74,7 +74,7 @@ SELECT submission_id, campaign, email_hash, first_name, last_name, email,
 FROM staging_signatures
 ORDER BY campaign, email_hash, submitted_at  -- one lock order for all workers; earliest wins
 ON CONFLICT DO NOTHING
-RETURNING id, submission_id, campaign, country, source, submitted_at
+RETURNING id, submission_id
 """
 
 _ALREADY_STORED = """
@@ -121,7 +121,12 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
     if not rows:
         return result
     await conn.copy_records_to_table("staging_signatures", records=rows, columns=STAGING_COLUMNS)
-    result.inserted = [_stored(row) for row in await conn.fetch(_INSERT)]
+    by_id = {row[0]: row for row in rows}
+    for signature_id, submission_id in await conn.fetch(_INSERT):
+        row = by_id[submission_id]
+        result.inserted.append(
+            StoredSignature(signature_id, submission_id, row[1], row[6], row[10], row[11])
+        )
 
     inserted_ids = {s.submission_id for s in result.inserted}
     leftovers = {row[0]: row for row in rows if row[0] not in inserted_ids}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from runtime.settings import Settings
 
@@ -47,3 +51,38 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+# key, value, headers
+OutgoingRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+_partitioner = DefaultPartitioner()
+
+
+async def produce_many(
+    producer: AIOKafkaProducer, topic: str, records: Sequence[OutgoingRecord]
+) -> None:
+    """Produce records and wait until the broker has them all.
+
+    Partitioned like `send()` (murmur2 of the key), but appended to batches directly:
+    per record this costs a fraction of `send()`, which makes a future per message.
+    """
+    if not records:
+        return
+    partitions = await producer.partitions_for(topic)
+    if not partitions:
+        raise KafkaError(f"no partitions known for topic {topic}")
+    ordered = sorted(partitions)
+    by_partition: dict[int, list[OutgoingRecord]] = defaultdict(list)
+    for record in records:
+        by_partition[_partitioner(record[0], ordered, ordered)].append(record)
+    futures: list[asyncio.Future[Any]] = []
+    for partition, items in by_partition.items():
+        batch = producer.create_batch()
+        for key, value, headers in items:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    raise ValueError("record larger than the producer's max_batch_size")
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)

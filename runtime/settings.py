@@ -112,6 +112,17 @@ def _env_name(field: str) -> str:
     return f"{PREFIX}{field.upper()}"
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, for starting child processes with them."""
+    env: dict[str, str] = {}
+    for field, value in settings.model_dump().items():
+        if value is None:
+            continue
+        secret = isinstance(value, SecretStr)
+        env[_env_name(field)] = value.get_secret_value() if secret else str(value)
+    return env
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; raise ConfigError with one line per bad variable."""
     try:

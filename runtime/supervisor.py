@@ -24,7 +24,7 @@ import httpx
 from runtime.broker import EmbeddedBroker
 from runtime.db import apply_migrations, ensure_database
 from runtime.logs import get_logger
-from runtime.settings import Settings
+from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
 log = get_logger("runtime.supervisor")
@@ -52,12 +52,7 @@ class Stack:
         self._stopping = False
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["KAFKA_BOOTSTRAP_SERVERS"] = self.settings.kafka_bootstrap_servers or ""
-        env["DATABASE_URL"] = self.settings.database_url
-        if self.settings.dedupe_secret is not None:
-            env["SIGNATURES_DEDUPE_SECRET"] = self.settings.dedupe_secret.get_secret_value()
-        return env
+        return {**os.environ, **settings_env(self.settings)}
 
     async def spawn(self, name: str, *args: str) -> Child:
         log_file = None

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import unicodedata
+import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 import structlog
 
+from consumers.persist import _accepted
 from consumers.service import WorkerKind, run_worker
+from consumers.store import StoredSignature
 from runtime.campaigns import close_campaign, counted_rows, create_campaign, read_totals
 from runtime.settings import Settings
 from schemas.campaign import NewCampaign
@@ -183,3 +187,27 @@ async def test_no_personal_data_in_log_lines(settings: Settings, pool: asyncpg.P
     text = repr(logs).lower()
     for sentinel in sentinels:
         assert sentinel.lower() not in text
+
+
+def test_accepted_event_json_is_the_contract() -> None:
+    signature = StoredSignature(
+        7,
+        uuid.uuid4(),
+        "cecenia",
+        "IT",
+        "partner:acme-2",
+        datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
+    )
+    now = datetime.now(UTC)
+    key, value, headers = _accepted(signature, now.isoformat())
+    event = AcceptedEvent.model_validate_json(value)
+    assert (key, headers) == (b"cecenia", [])
+    assert event == AcceptedEvent(
+        signature_id=7,
+        submission_id=signature.submission_id,
+        campaign="cecenia",
+        country="IT",
+        source="partner:acme-2",
+        submitted_at=signature.submitted_at,
+        accepted_at=now,
+    )

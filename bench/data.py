@@ -1,0 +1,88 @@
+"""The benchmark's data set and its isolated environment (database, topics, groups)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import asyncpg
+
+from ingest.loadgen import Kind, generate, submission_message
+from runtime.campaigns import create_campaign
+from runtime.db import apply_migrations, create_pool, ensure_database
+from runtime.kafka import make_producer
+from runtime.settings import Settings
+from runtime.topics import ensure_topics
+from schemas.campaign import NewCampaign
+
+CAMPAIGN = NewCampaign(slug="bench", title="Benchmark", target="Nobody", goal=200_000)
+
+
+@dataclass(frozen=True)
+class DataSet:
+    messages: list[bytes]
+    keys: list[bytes]
+    kinds: Counter[Kind]
+
+    @classmethod
+    def make(cls, count: int, seed: int) -> DataSet:
+        items = list(generate(count, seed=seed))
+        messages = [submission_message(i.body, campaign=CAMPAIGN.slug, source="web") for i in items]
+        keys = [uuid.UUID(str(i.body["submission_id"])).bytes for i in items]
+        return cls(messages, keys, Counter(i.kind for i in items))
+
+
+def isolated(settings: Settings, name: str) -> Settings:
+    """Settings for one measurement: its own database, topics and consumer groups."""
+    run = uuid.uuid4().hex[:8]
+    base = settings.database_url.rsplit("/", 1)[0]
+    return settings.model_copy(
+        update={
+            "database_url": f"{base}/bench_{name}_{run}",
+            "topic_submitted": f"bench-{run}.submitted",
+            "topic_rejected": f"bench-{run}.rejected",
+            "topic_accepted": f"bench-{run}.accepted",
+            "topic_totals": f"bench-{run}.totals",
+            "persist_group": f"bench-{run}-persist",
+            "count_group": f"bench-{run}-count",
+        }
+    )
+
+
+async def prepare(settings: Settings) -> None:
+    """Create the database, the schema, the campaign and the topics."""
+    await ensure_database(settings.database_url)
+    await apply_migrations(settings.database_url)
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        await create_campaign(pool, CAMPAIGN)
+    finally:
+        await pool.close()
+    await ensure_topics(settings, settings.kafka_bootstrap_servers or "")
+
+
+async def drop_database(settings: Settings) -> None:
+    base, name = settings.database_url.rsplit("/", 1)
+    conn = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def produce_backlog(settings: Settings, data: DataSet) -> dict[int, int]:
+    """Put the whole data set on the input topic; return the end offset per partition."""
+    producer = make_producer(settings, linger_ms=20)
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        futures = []
+        for key, value in zip(data.keys, data.messages, strict=True):
+            futures.append(await producer.send(settings.topic_submitted, value=value, key=key))
+        for metadata in await asyncio.gather(*futures):
+            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+    finally:
+        await producer.stop()
+    return ends
