@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 import time
+from asyncio.subprocess import Process
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,94 +99,104 @@ async def _group_stable(settings: Settings, members: int) -> bool:
         await admin.close()
 
 
+async def start_workers(settings: Settings, workers: int, log_dir: Path) -> list[Process]:
+    """`workers` persist processes and one counter, as an operator would run them."""
+    env = {**os.environ, **settings_env(settings), "SIGNATURES_LOG_FORMAT": "json"}
+    processes = []
+    for n, kind in enumerate(["persist"] * workers + ["count"]):
+        with (log_dir / f"bench-{kind}-{n}.log").open("ab") as log:
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "runtime.cli",
+                    "worker",
+                    kind,
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+            )
+    return processes
+
+
+async def stop_processes(processes: list[Process]) -> None:
+    for process in processes:
+        if process.returncode is None:
+            process.terminate()
+    for process in processes:
+        await process.wait()
+
+
+async def wait_published(settings: Settings, deadline: float) -> tuple[int, int]:
+    """COUNT(*) of the campaign, and its published total once they agree (or at deadline)."""
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        rows = (await counted_rows(pool))[CAMPAIGN.slug]
+    finally:
+        await pool.close()
+    published = -1
+    while time.perf_counter() < deadline:
+        found = (await read_published_totals(settings)).get(CAMPAIGN.slug)
+        published = found.total if found else -1
+        if published == rows:
+            break
+        await asyncio.sleep(0.1)
+    return rows, published
+
+
 async def run_drain(
     settings: Settings, data: DataSet, workers: int, log_dir: Path, timeout: float = 600
 ) -> DrainResult:
+    """Steady state starts at the first batch committed once every worker is in the group."""
     await prepare(settings)
     ends = await produce_backlog(settings, data)
     total = sum(ends.values())
     tps = [TopicPartition(settings.topic_submitted, p) for p in sorted(ends)]
-    env = {**os.environ, **settings_env(settings), "SIGNATURES_LOG_FORMAT": "json"}
-    processes = []
     launched = time.perf_counter()
-    for n, kind in enumerate(["persist"] * workers + ["count"]):
-        log = (log_dir / f"bench-{kind}-{n}.log").open("ab")
-        processes.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "worker",
-                kind,
-                env=env,
-                stdout=log,
-                stderr=log,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        )
-        log.close()
-    worker_pids = [process.pid for process in processes[:workers]]
+    deadline = launched + timeout
+    processes = await start_workers(settings, workers, log_dir)
+    pids = [p.pid for p in processes[:workers]]
     counter_pid = processes[-1].pid
-    cpu_at_stable = cpu_by_component(worker_pids, counter_pid)
     watcher = make_consumer(settings, settings.persist_group)
     await watcher.start()
-    first_join = stable_at = 0.0
-    committed_at_stable = 0
+    first_commit = steady_from = 0.0
+    stable = False
+    committed_at_start = 0
     peak = 0.0
+    cpu_start: dict[str, float] = {}
     try:
-        deadline = launched + timeout
         while True:
-            committed = 0
-            for tp in tps:
-                committed += await watcher.committed(tp) or 0
+            committed = sum([await watcher.committed(tp) or 0 for tp in tps])
             now = time.perf_counter()
-            if committed and not first_join:
-                first_join = now
-            if not stable_at and await _group_stable(settings, workers):
-                stable_at, committed_at_stable = now, committed
-                cpu_at_stable = cpu_by_component(worker_pids, counter_pid)
-            for process in processes[:workers]:
-                peak = max(peak, peak_rss_mb(process.pid))
+            first_commit = first_commit or (now if committed else 0.0)
+            stable = stable or await _group_stable(settings, workers)
+            if stable and not steady_from and committed:
+                steady_from, committed_at_start = now, committed
+                cpu_start = cpu_by_component(pids, counter_pid)
+            peak = max([peak, *(peak_rss_mb(pid) for pid in pids)])
             if committed >= total:
-                drained = now
-                cpu_at_drained = cpu_by_component(worker_pids, counter_pid)
                 break
             if now > deadline:
-                raise TimeoutError(
-                    f"backlog not drained after {timeout:.0f}s ({committed}/{total})"
-                )
+                raise TimeoutError(f"not drained after {timeout:.0f}s ({committed}/{total})")
             await asyncio.sleep(0.05)
-        pool = await create_pool(settings.database_url, max_size=1)
-        try:
-            rows = (await counted_rows(pool))[CAMPAIGN.slug]
-            published = -1
-            while time.perf_counter() < deadline:
-                found = (await read_published_totals(settings)).get(CAMPAIGN.slug)
-                published = found.total if found else -1
-                if published == rows:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await pool.close()
+        drained = time.perf_counter()
+        cpu_end = cpu_by_component(pids, counter_pid)
+        rows, published = await wait_published(settings, deadline)
         done = time.perf_counter()
     finally:
         await watcher.stop()
-        for process in processes:
-            if process.returncode is None:
-                process.terminate()
-        for process in processes:
-            await process.wait()
-    if not stable_at:  # one worker: stable once the first batch is committed
-        stable_at, committed_at_stable = first_join, 0
+        await stop_processes(processes)
     return DrainResult(
         count=total,
         workers=workers,
         cold_seconds=done - launched,
-        steady_seconds=drained - stable_at,
-        steady_records=total - committed_at_stable,
-        first_join_seconds=first_join - launched,
+        steady_seconds=drained - steady_from,
+        steady_records=total - committed_at_start,
+        first_join_seconds=first_commit - launched,
         peak_rss_mb=peak,
         rows=rows,
         published_total=published,
-        cpu_seconds={k: cpu_at_drained[k] - cpu_at_stable[k] for k in cpu_at_drained},
+        cpu_seconds={k: round(cpu_end[k] - cpu_start.get(k, 0.0), 2) for k in cpu_end},
     )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from email_validator import EmailNotValidError, validate_email
@@ -22,9 +23,9 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     ValidationError,
 )
@@ -126,32 +127,26 @@ def _country(value: str) -> str:
 
 def _timestamp(value: datetime) -> datetime:
     value = value.astimezone(UTC)
-    if value < EARLIEST or value > datetime.now(UTC) + CLOCK_SKEW:
+    if value < EARLIEST or value.timestamp() > time.time() + CLOCK_SKEW.total_seconds():
         raise _fail(Reason.INVALID_TIMESTAMP, "is not a plausible time")
-    return value
-
-
-def _strict_str(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise _fail(Reason.INVALID_FIELD, "must be a string")
     return value
 
 
 Name = Annotated[
     str,
-    BeforeValidator(_strict_str),
+    Strict(),
     AfterValidator(partial(clean_text, max_len=NAME_MAX)),
     Field(json_schema_extra={"minLength": 1, "maxLength": NAME_MAX}),
 ]
 Email = Annotated[
     str,
-    BeforeValidator(_strict_str),
+    Strict(),
     AfterValidator(normalise_email),
     Field(json_schema_extra={"format": "email", "maxLength": EMAIL_MAX}),
 ]
 Country = Annotated[
     str,
-    BeforeValidator(_strict_str),
+    Strict(),
     AfterValidator(_country),
     Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$"}),
 ]
