@@ -78,7 +78,7 @@ class PersistHandler:
         now = datetime.now(UTC)
         now_iso = now.isoformat()
         accepted = [
-            _accepted(signature, now_iso)
+            _accepted(signature, now_iso, result.versions[signature.campaign])
             for signature in (*result.inserted, *result.already_stored)
         ]
         await asyncio.gather(
@@ -120,7 +120,7 @@ class PersistHandler:
         )
 
 
-def _accepted(signature: StoredSignature, now: str) -> OutgoingRecord:
+def _accepted(signature: StoredSignature, now: str, version: int) -> OutgoingRecord:
     """An AcceptedEvent as JSON, written directly: this runs once per new signature.
 
     Every field is an int, a UUID, an ISO timestamp or a string already validated against a
@@ -130,6 +130,6 @@ def _accepted(signature: StoredSignature, now: str) -> OutgoingRecord:
         f'{{"signature_id":{signature.signature_id},"submission_id":"{signature.submission_id}",'
         f'"campaign":"{signature.campaign}","country":"{signature.country}",'
         f'"source":"{signature.source}","submitted_at":"{signature.submitted_at.isoformat()}",'
-        f'"accepted_at":"{now}"}}'
+        f'"accepted_at":"{now}","totals_version":{version}}}'
     )
     return (signature.campaign.encode(), value.encode(), [])

@@ -64,6 +64,8 @@ class BatchResult:
     inserted: list[StoredSignature] = field(default_factory=list)
     already_stored: list[StoredSignature] = field(default_factory=list)  # redelivered
     duplicates: int = 0  # same person again, under a new submission id
+    # per campaign, a version of its totals that counts every signature above
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 _INSERT = """
@@ -101,7 +103,10 @@ _ADD_TOTAL = """
 UPDATE campaign_totals
 SET total = total + $2, duplicates = duplicates + $3, version = version + 1, updated_at = now()
 WHERE campaign = $1
+RETURNING version
 """
+
+_VERSIONS = "SELECT campaign, version FROM campaign_totals WHERE campaign = ANY($1::text[])"
 
 
 def _stored(row: asyncpg.Record) -> StoredSignature:
@@ -147,13 +152,17 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
         new_duplicates.update(row["campaign"] for row in recorded)
         result.duplicates = len(dupes)
 
-    await _add_totals(conn, result.inserted, new_duplicates)
+    result.versions = await _add_totals(conn, result.inserted, new_duplicates)
+    unversioned = {s.campaign for s in result.already_stored} - result.versions.keys()
+    if unversioned:
+        for campaign, version in await conn.fetch(_VERSIONS, sorted(unversioned)):
+            result.versions[campaign] = version
     return result
 
 
 async def _add_totals(
     conn: Conn, inserted: list[StoredSignature], duplicates: Counter[str]
-) -> None:
+) -> dict[str, int]:
     breakdown: Counter[tuple[str, str, str]] = Counter()
     totals: Counter[str] = Counter()
     for signature in inserted:
@@ -169,5 +178,9 @@ async def _add_totals(
             [k[2] for k in keys],
             [breakdown[k] for k in keys],
         )
+    versions = {}
     for campaign in sorted(set(totals) | set(duplicates)):
-        await conn.execute(_ADD_TOTAL, campaign, totals[campaign], duplicates[campaign])
+        versions[campaign] = await conn.fetchval(
+            _ADD_TOTAL, campaign, totals[campaign], duplicates[campaign]
+        )
+    return versions

@@ -23,6 +23,7 @@ class AcceptedEvent(BaseModel):
     source: Source
     submitted_at: datetime
     accepted_at: datetime
+    totals_version: int = Field(description="A version of the campaign's totals that counts it")
 
 
 class CampaignTotals(BaseModel):

@@ -199,7 +199,7 @@ def test_accepted_event_json_is_the_contract() -> None:
         datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
     )
     now = datetime.now(UTC)
-    key, value, headers = _accepted(signature, now.isoformat())
+    key, value, headers = _accepted(signature, now.isoformat(), 12)
     event = AcceptedEvent.model_validate_json(value)
     assert (key, headers) == (b"cecenia", [])
     assert event == AcceptedEvent(
@@ -210,4 +210,5 @@ def test_accepted_event_json_is_the_contract() -> None:
         source="partner:acme-2",
         submitted_at=signature.submitted_at,
         accepted_at=now,
+        totals_version=12,
     )

@@ -1,0 +1,109 @@
+"""What our throughput is measured against, on the same data in the same run.
+
+- naive: the classic design: one message → one INSERT and one `UPDATE … count+1`, a
+  database commit and an offset commit per message.
+- copy limit: the database's bare limit: the same rows COPYed straight into the same
+  indexed table, nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bench.data import DataSet, prepare, produce_backlog
+from consumers.validate import decode, dedupe_key
+from runtime.db import create_pool
+from runtime.kafka import make_consumer
+from runtime.settings import Settings
+from schemas.submission import Submission
+
+_NAIVE_INSERT = """
+INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, email,
+                        country, postcode, consent, language, source, submitted_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+_NAIVE_COUNT = "UPDATE campaign_totals SET total = total + 1 WHERE campaign = $1"
+COPY_COLUMNS = (
+    "submission_id", "campaign", "email_hash", "first_name", "last_name", "email", "country",
+    "postcode", "consent", "language", "source", "submitted_at",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+
+def _values(s: Submission, secret: bytes) -> tuple[object, ...]:
+    return (
+        s.submission_id, s.campaign, dedupe_key(secret, s.email), s.first_name, s.last_name,
+        s.email, s.country, s.postcode, s.consent, s.language, s.source, s.submitted_at,
+    )  # fmt: skip
+
+
+async def run_naive(settings: Settings, data: DataSet, count: int) -> Rate:
+    """The naive consumer over the first `count` messages; timed from its first message."""
+    sample = DataSet(data.messages[:count], data.keys[:count], data.kinds)
+    await prepare(settings)
+    await produce_backlog(settings, sample)
+    secret = settings.require_dedupe_secret()
+    pool = await create_pool(settings.database_url, max_size=1)
+    consumer = make_consumer(settings, settings.persist_group, [settings.topic_submitted])
+    await consumer.start()
+    try:
+        first = await consumer.getone()  # the group join is not part of the measurement
+        started = time.perf_counter()
+        record, done = first, 0
+        async with pool.acquire() as conn:
+            while True:
+                outcome = decode(record.value, settings.max_record_bytes)
+                if isinstance(outcome, Submission):
+                    async with conn.transaction():
+                        inserted = await conn.fetchval(_NAIVE_INSERT, *_values(outcome, secret))
+                        if inserted is not None:
+                            await conn.execute(_NAIVE_COUNT, outcome.campaign)
+                await consumer.commit()
+                done += 1
+                if done >= count:
+                    break
+                record = await consumer.getone()
+        return Rate(done, time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await pool.close()
+
+
+async def run_copy_limit(settings: Settings, data: DataSet, batch: int = 5_000) -> Rate:
+    """COPY of the same (valid, deduplicated) rows into the same indexed table."""
+    await prepare(settings)
+    secret = settings.require_dedupe_secret()
+    rows, seen = [], set()
+    for message in data.messages:
+        outcome = decode(message, settings.max_record_bytes)
+        if isinstance(outcome, Submission):
+            values = _values(outcome, secret)
+            if values[2] not in seen:
+                seen.add(values[2])
+                rows.append(values)
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            started = time.perf_counter()
+            for start in range(0, len(rows), batch):
+                await conn.copy_records_to_table(
+                    "signatures", records=rows[start : start + batch], columns=COPY_COLUMNS
+                )
+            seconds = time.perf_counter() - started
+        return Rate(len(rows), seconds)
+    finally:
+        await pool.close()
+
+
