@@ -51,7 +51,7 @@ def _values(s: Submission, secret: bytes) -> tuple[object, ...]:
 
 async def run_naive(settings: Settings, data: DataSet, count: int) -> Rate:
     """The naive consumer over the first `count` messages; timed from its first message."""
-    sample = DataSet(data.messages[:count], data.keys[:count], data.kinds)
+    sample = DataSet(data.messages[:count], data.keys[:count], data.bodies[:count], data.kinds)
     await prepare(settings)
     await produce_backlog(settings, sample)
     secret = settings.require_dedupe_secret()
@@ -105,5 +105,3 @@ async def run_copy_limit(settings: Settings, data: DataSet, batch: int = 5_000) 
         return Rate(len(rows), seconds)
     finally:
         await pool.close()
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ CAMPAIGN = NewCampaign(slug="bench", title="Benchmark", target="Nobody", goal=20
 
 @dataclass(frozen=True)
 class DataSet:
-    messages: list[bytes]
+    messages: list[bytes]  # as records on the input topic
     keys: list[bytes]
+    bodies: list[bytes]  # as HTTP request bodies
     kinds: Counter[Kind]
 
     @classmethod
@@ -31,7 +33,8 @@ class DataSet:
         items = list(generate(count, seed=seed))
         messages = [submission_message(i.body, campaign=CAMPAIGN.slug, source="web") for i in items]
         keys = [uuid.UUID(str(i.body["submission_id"])).bytes for i in items]
-        return cls(messages, keys, Counter(i.kind for i in items))
+        bodies = [json.dumps(i.body, ensure_ascii=False).encode() for i in items]
+        return cls(messages, keys, bodies, Counter(i.kind for i in items))
 
 
 def isolated(settings: Settings, name: str) -> Settings:
