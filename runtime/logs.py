@@ -1,8 +1,9 @@
 """structlog, configured once per process: JSON when piped, readable on a terminal.
 
-Every line, including aiokafka's and uvicorn's stdlib logging, goes through the same
-processors. Nothing here ever receives a signer's name, email or postcode: callers log
-ids, counts, reason codes and durations only.
+Our own lines go through structlog's fast native loggers (one canonical line per request
+and per batch is on the hot path); aiokafka's, asyncpg's and uvicorn's stdlib logging is
+rendered by the same processors, so every line has one format. Nothing here ever receives
+a signer's name, email or postcode: callers log ids, counts, reason codes and durations.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 
 import structlog
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}  # fmt: skip
 _configured = False
 
 
@@ -23,8 +26,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
@@ -36,16 +38,13 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         )
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if as_json else _identity,
@@ -56,7 +55,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(_LEVELS[level])
     # aiokafka is chatty at INFO about group membership; keep its warnings.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     # One line per outgoing HTTP request of the demo would drown its progress bar.
@@ -71,6 +70,7 @@ def _identity(
     return event_dict
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A lazy logger: safe at import time, configured on first use."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name)
     return logger

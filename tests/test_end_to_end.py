@@ -178,7 +178,8 @@ async def test_partner_batch_and_closed_campaign(
             in metrics
         )
         assert "example.org" not in metrics
-        assert (await client.get(f"{api}/openapi.json")).json()["info"]["title"]
+        openapi = (await client.get(f"{api}/openapi.json")).json()
+        assert "/v1/campaigns/{slug}/signatures" in openapi["paths"]
 
     await asyncio.wait_for(
         run_worker(WorkerKind.PERSIST, settings, asyncio.Event(), drain=True), 60

@@ -1,0 +1,192 @@
+"""Signing, framework-free: campaign check, edge validation, produce, the answer.
+
+The single-signature route is the hot path of a surge, so it is served by a plain ASGI
+handler (`SigningFastPath`) in front of the framework; the framework's route documents the
+same endpoint in OpenAPI and answers through the same `Signer`. 202 means the broker has
+acknowledged the submission. A duplicate signer gets exactly a first signer's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.edge import EdgeRejection, from_form, from_json_object
+from ingest.metrics import PRODUCE_ERRORS, SUBMISSIONS
+from runtime.campaigns import campaign_statuses
+from runtime.settings import Settings
+from runtime.topics import Topics
+from schemas.campaign import CampaignStatus
+from schemas.reasons import Reason
+from schemas.submission import Submission
+
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
+SIGN_ROUTE = "/v1/campaigns/{slug}/signatures"
+_SIGN_PATH = re.compile(r"^/v1/campaigns/([a-z0-9][a-z0-9-]{0,62})/signatures$")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload, ensure_ascii=False).encode()
+
+
+def problem(status: int, field_name: str, reason: str, **headers: str) -> Answer:
+    return Answer(status, {"errors": [{"field": field_name, "reason": reason}]}, headers)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class CampaignCache:
+    """Campaign statuses, reloaded every few seconds; the workers re-check exactly."""
+
+    def __init__(self, pool: asyncpg.Pool, refresh_s: float = 2.0) -> None:
+        self._pool = pool
+        self._refresh_s = refresh_s
+        self._statuses: dict[str, CampaignStatus] = {}
+        self._loaded_at = 0.0
+
+    async def status(self, slug: str) -> CampaignStatus | None:
+        if slug not in self._statuses or time.monotonic() - self._loaded_at > self._refresh_s:
+            self._statuses = await campaign_statuses(self._pool)
+            self._loaded_at = time.monotonic()
+        return self._statuses.get(slug)
+
+
+class Signer:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.topics = Topics.from_settings(settings)
+        self.campaigns = CampaignCache(pool)
+
+    async def refusal(self, slug: str) -> Answer | None:
+        """404 for an unknown campaign, 409 for a closed one, else None."""
+        status = await self.campaigns.status(slug)
+        if status is None:
+            SUBMISSIONS.labels("refused", Reason.UNKNOWN_CAMPAIGN.value).inc()
+            return problem(404, "campaign", Reason.UNKNOWN_CAMPAIGN.value)
+        if status is CampaignStatus.CLOSED:
+            SUBMISSIONS.labels("refused", Reason.CAMPAIGN_CLOSED.value).inc()
+            return problem(409, "campaign", Reason.CAMPAIGN_CLOSED.value)
+        return None
+
+    async def produce(self, submissions: Sequence[Submission]) -> Answer | None:
+        """Hand submissions to Kafka and wait for the acknowledgement; 503 if it fails."""
+        try:
+            futures = [
+                await self.producer.send(
+                    self.topics.submitted,
+                    value=s.model_dump_json().encode(),
+                    key=s.submission_id.bytes,
+                )
+                for s in submissions
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=15)
+        except (KafkaError, TimeoutError) as exc:
+            PRODUCE_ERRORS.labels(type(exc).__name__).inc()
+            return problem(503, "(service)", "broker_unavailable", **{"Retry-After": "2"})
+        return None
+
+    async def sign(self, slug: str, content_type: str, read: BodyReader) -> Answer:
+        """One signature from the web form or a JSON client."""
+        if (refused := await self.refusal(slug)) is not None:
+            return refused
+        try:
+            body = await read(self.settings.max_body_bytes)
+        except BodyTooLarge:
+            return problem(413, "(body)", "body_too_large")
+        outcome: Submission | EdgeRejection
+        if content_type == FORM_TYPE:
+            try:
+                pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+            except (UnicodeDecodeError, ValueError):
+                return problem(422, "(record)", Reason.MALFORMED_JSON.value)
+            outcome = from_form(dict(pairs), campaign=slug, source="web")
+        elif content_type in (JSON_TYPE, ""):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return problem(422, "(record)", Reason.MALFORMED_JSON.value)
+            outcome = from_json_object(parsed, campaign=slug, source="web")
+        else:
+            return problem(415, "(body)", "unsupported_media_type")
+        if isinstance(outcome, EdgeRejection):
+            SUBMISSIONS.labels("refused", outcome.errors[0].reason.value).inc()
+            return Answer(422, outcome.as_json())
+        if (failed := await self.produce([outcome])) is not None:
+            return failed
+        SUBMISSIONS.labels("accepted", "").inc()
+        return Answer(202, {"submission_id": str(outcome.submission_id)})
+
+
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+def media_type(value: str) -> str:
+    return value.split(";", maxsplit=1)[0].strip().lower()
+
+
+class SigningFastPath:
+    """Serves `POST /v1/campaigns/{slug}/signatures` without the framework's layers."""
+
+    def __init__(self, app: ASGIApp, signer: Callable[[], Signer]) -> None:
+        self.app = app
+        self.signer = signer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _SIGN_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route_template"] = SIGN_ROUTE
+        headers = dict(scope["headers"])
+        content_type = media_type(headers.get(b"content-type", b"").decode("latin-1"))
+        declared = headers.get(b"content-length", b"")
+
+        async def read(limit: int) -> bytes:
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge
+            chunks, size, more = [], 0, True
+            while more:
+                message: Message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            return b"".join(chunks)
+
+        answer = await self.signer().sign(match[1], content_type, read)
+        await send_answer(send, answer)
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    body = answer.body()
+    raw_headers = [
+        (b"content-type", JSON_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
