@@ -51,7 +51,7 @@ def _values(s: Submission, secret: bytes) -> tuple[object, ...]:
 
 async def run_naive(settings: Settings, data: DataSet, count: int) -> Rate:
     """The naive consumer over the first `count` messages; timed from its first message."""
-    sample = DataSet(data.messages[:count], data.keys[:count], data.bodies[:count], data.kinds)
+    sample = data.head(count)
     await prepare(settings)
     await produce_backlog(settings, sample)
     secret = settings.require_dedupe_secret()

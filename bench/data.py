@@ -36,6 +36,9 @@ class DataSet:
         bodies = [json.dumps(i.body, ensure_ascii=False).encode() for i in items]
         return cls(messages, keys, bodies, Counter(i.kind for i in items))
 
+    def head(self, count: int) -> DataSet:
+        return DataSet(self.messages[:count], self.keys[:count], self.bodies[:count], self.kinds)
+
 
 def isolated(settings: Settings, name: str) -> Settings:
     """Settings for one measurement: its own database, topics and consumer groups."""

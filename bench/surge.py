@@ -131,6 +131,7 @@ async def run_surge(
         await asyncio.sleep(3)  # the last signatures reach the totals
         await accepted.stop()
         await totals.stop()
+        await stack.stop_workers()  # the API alone: what one process sustains
         wrk = await asyncio.to_thread(run_wrk_steps, "127.0.0.1", port)
     counted = counted_latencies(bodies, scheduled, accepted, totals)
     request_ms = percentiles([(x.finished - x.scheduled) * 1000 for x in result.sent])

@@ -175,6 +175,43 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def bench(
+    count: Annotated[int, typer.Option(min=100, help="Backlog to drain")] = 200_000,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Persist worker processes")] = 2,
+    naive_count: Annotated[
+        int, typer.Option(min=10, help="Messages for the naive baseline")
+    ] = 10_000,
+    rate: Annotated[float, typer.Option(min=1, help="Live surge: POSTs per second")] = 2_000,
+    seconds: Annotated[float, typer.Option(min=1, help="Live surge: duration")] = 30,
+    memory_count: Annotated[
+        int, typer.Option(min=0, help="Backlog for the peak-RSS run (0: skip it)")
+    ] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
+) -> None:
+    """Measure throughput, latency and memory on this machine, against baselines, in one run."""
+    from bench.run import BenchOptions, report, run_bench
+
+    s = settings().with_local_secret()
+    options = BenchOptions(
+        count, workers, min(naive_count, count), rate, seconds, memory_count, seed
+    )
+    log_dir = s.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    err = Console(stderr=True)
+
+    def say(step: str) -> None:
+        err.print(f"[dim]bench:[/] {step}")
+
+    figures = run(lambda: run_bench(s, options, log_dir, say))
+    if as_json:
+        typer.echo(json.dumps(figures))
+    else:
+        report(figures, out if out.is_terminal else Console(width=140))
+    raise typer.Exit(0 if figures["totals_match"] else 1)
+
+
 @campaign_app.command("create")
 def campaign_create(
     slug: Annotated[str, typer.Option(help="URL name, e.g. cecenia")],

@@ -104,6 +104,13 @@ class Stack:
                     )
                 await asyncio.sleep(0.2)
 
+    async def stop_workers(self) -> None:
+        """Stop the consumers, leave the API serving (the benchmark measures it alone)."""
+        self._stopping = True
+        for child in self.children:
+            if child.name != "api":
+                await _terminate(child, self.settings.shutdown_grace_s + 5)
+
     async def stop(self) -> None:
         self._stopping = True
         order = [c for c in self.children if c.name == "api"]

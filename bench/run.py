@@ -1,0 +1,168 @@
+"""The whole benchmark, in one run on this machine, and its report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.baselines import run_copy_limit, run_naive
+from bench.data import DataSet, drop_database, isolated
+from bench.drain import run_drain
+from bench.surge import run_surge
+from runtime.broker import EmbeddedBroker
+from runtime.settings import Settings
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    count: int = 200_000
+    workers: int = 2
+    naive_count: int = 10_000
+    rate: float = 2_000
+    seconds: float = 30
+    memory_count: int = 1_000_000
+    seed: int = 1
+
+
+@contextlib.asynccontextmanager
+async def _broker(settings: Settings) -> AsyncIterator[Settings]:
+    if settings.kafka_bootstrap_servers:
+        yield settings
+        return
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        yield settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap})
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+async def run_bench(
+    settings: Settings, options: BenchOptions, log_dir: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every measurement of the benchmark; returns the figures as one JSON-able dict."""
+    async with _broker(settings) as s:
+        runs = {name: isolated(s, name) for name in ("drain", "naive", "copy", "surge", "memory")}
+        try:
+            size = max(options.count, int(options.rate * options.seconds))
+            say(f"generating {size:,} submissions")
+            data = DataSet.make(size, options.seed)
+            say(f"backlog drain: {options.count:,} waiting, {options.workers} persist workers")
+            drain = await run_drain(
+                runs["drain"], data.head(options.count), options.workers, log_dir
+            )
+            say(f"naive baseline: {options.naive_count:,} messages")
+            naive = await run_naive(runs["naive"], data, options.naive_count)
+            say("COPY limit")
+            limit = await run_copy_limit(runs["copy"], data.head(options.count))
+            say(f"live surge: {options.rate:,.0f}/s for {options.seconds:.0f} s, then wrk")
+            surge, wrk = await run_surge(
+                runs["surge"], data, options.rate, options.seconds, log_dir
+            )
+            memory = None
+            if options.memory_count:
+                say(f"memory: draining {options.memory_count:,}")
+                big = DataSet.make(options.memory_count, options.seed + 1)
+                memory = await run_drain(
+                    runs["memory"], big, options.workers, log_dir, timeout=1800
+                )
+        finally:
+            for run in runs.values():
+                await drop_database(run)
+    best = max((w for w in wrk if w.p99_ms < 100 and not w.errors),
+               key=lambda w: w.requests_per_s, default=None)  # fmt: skip
+    totals_match = drain.totals_match and (memory is None or memory.totals_match)
+    return {
+        "machine": {"cpus": _cpus(), "python": platform.python_version()},
+        "count": drain.count,
+        "workers": options.workers,
+        "seconds": round(drain.steady_seconds, 3),
+        "throughput_per_s": round(drain.steady_per_s),
+        "cold_seconds": round(drain.cold_seconds, 3),
+        "cold_throughput_per_s": round(drain.count / drain.cold_seconds),
+        "first_commit_after_launch_s": round(drain.first_join_seconds, 3),
+        "cpu_seconds_steady": drain.cpu_seconds,
+        "naive_count": naive.count,
+        "naive_throughput_per_s": round(naive.per_s),
+        "speedup_vs_naive": round(drain.steady_per_s / naive.per_s, 1),
+        "copy_limit_per_s": round(limit.per_s),
+        "fraction_of_limit": round(drain.steady_per_s / limit.per_s, 3),
+        "surge": {
+            "rate_per_s": surge.rate,
+            "seconds": surge.seconds,
+            "sent": surge.sent,
+            "errors": surge.errors,
+            "counted": surge.counted,
+            "request_latency_ms": _round(surge.request_ms),
+        },
+        "latency_ms": _round(surge.counted_ms),
+        "api_max": {
+            "load": "wrk, 1 thread, on this machine; API process alone (workers stopped)",
+            "steps": [vars(w) for w in wrk],
+            "best_under_100ms_p99_per_s": best.requests_per_s if best else None,
+        },
+        "memory_count": memory.count if memory else 0,
+        "peak_rss_mb": round(memory.peak_rss_mb if memory else drain.peak_rss_mb, 1),
+        "totals_match": totals_match,
+    }
+
+
+def _round(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 1) for k, v in values.items()}
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 0
+
+
+def report(figures: dict[str, Any], console: Console) -> None:
+    table = Table(title="signatures bench", show_header=False)
+    table.add_column("measure", no_wrap=True)
+    table.add_column("figure", justify="right", no_wrap=True)
+    surge = figures["surge"]
+    best = figures["api_max"]["best_under_100ms_p99_per_s"] or 0
+
+    def ms(values: dict[str, float]) -> str:
+        return " / ".join(f"{v:,.0f}" for v in values.values())
+
+    rows = [
+        ("backlog", f"{figures['count']:,} messages, {figures['workers']} persist workers"),
+        ("steady-state drain", f"{figures['throughput_per_s']:,}/s ({figures['seconds']} s)"),
+        (
+            "cold drain (launch → totals match)",
+            f"{figures['cold_throughput_per_s']:,}/s ({figures['cold_seconds']} s)",
+        ),
+        ("first commit after launch", f"{figures['first_commit_after_launch_s']} s"),
+        ("naive baseline", f"{figures['naive_throughput_per_s']:,}/s"),
+        ("speed-up vs naive", f"{figures['speedup_vs_naive']}×"),
+        ("COPY limit of the database", f"{figures['copy_limit_per_s']:,}/s"),
+        ("fraction of the limit", f"{figures['fraction_of_limit']:.0%}"),
+        (
+            "surge",
+            f"{surge['rate_per_s']:,.0f}/s for {surge['seconds']:.0f} s, {surge['errors']} errors",
+        ),
+        ("submit → counted p50 / p95 / p99 / max (ms)", ms(figures["latency_ms"])),
+        ("request p50 / p95 / p99 / max (ms)", ms(surge["request_latency_ms"])),
+        ("API max with p99 < 100 ms (wrk)", f"{best:,.0f}/s"),
+        (
+            f"peak RSS of a persist worker ({figures['memory_count']:,} backlog)",
+            f"{figures['peak_rss_mb']} MB",
+        ),
+        (
+            "CPU seconds in steady state",
+            ", ".join(f"{k} {v}" for k, v in figures["cpu_seconds_steady"].items()),
+        ),
+        ("published totals equal COUNT(*)", "yes" if figures["totals_match"] else "NO"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
