@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import platform
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +20,8 @@ from bench.drain import run_drain
 from bench.surge import run_surge
 from runtime.broker import EmbeddedBroker
 from runtime.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,33 +53,26 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Every measurement of the benchmark; returns the figures as one JSON-able dict."""
     async with _broker(settings) as s:
-        runs = {name: isolated(s, name) for name in ("drain", "naive", "copy", "surge", "memory")}
-        try:
-            size = max(options.count, int(options.rate * options.seconds))
-            say(f"generating {size:,} submissions")
-            data = DataSet.make(size, options.seed)
-            say(f"backlog drain: {options.count:,} waiting, {options.workers} persist workers")
-            drain = await run_drain(
-                runs["drain"], data.head(options.count), options.workers, log_dir
-            )
-            say(f"naive baseline: {options.naive_count:,} messages")
-            naive = await run_naive(runs["naive"], data, options.naive_count)
-            say("COPY limit")
-            limit = await run_copy_limit(runs["copy"], data.head(options.count))
-            say(f"live surge: {options.rate:,.0f}/s for {options.seconds:.0f} s, then wrk")
-            surge, wrk = await run_surge(
-                runs["surge"], data, options.rate, options.seconds, log_dir
-            )
-            memory = None
-            if options.memory_count:
-                say(f"memory: draining {options.memory_count:,}")
-                big = DataSet.make(options.memory_count, options.seed + 1)
-                memory = await run_drain(
-                    runs["memory"], big, options.workers, log_dir, timeout=1800
-                )
-        finally:
-            for run in runs.values():
-                await drop_database(run)
+        size = max(options.count, int(options.rate * options.seconds))
+        say(f"generating {size:,} submissions")
+        data = DataSet.make(size, options.seed)
+        say(f"backlog drain: {options.count:,} waiting, {options.workers} persist workers")
+        drain = await _measure(
+            s, "drain", run_drain, data.head(options.count), options.workers, log_dir
+        )
+        say(f"naive baseline: {options.naive_count:,} messages")
+        naive = await _measure(s, "naive", run_naive, data, options.naive_count)
+        say("COPY limit")
+        limit = await _measure(s, "copy", run_copy_limit, data.head(options.count))
+        say(f"live surge: {options.rate:,.0f}/s for {options.seconds:.0f} s, then wrk")
+        surge, wrk = await _measure(
+            s, "surge", run_surge, data, options.rate, options.seconds, log_dir
+        )
+        memory = None
+        if options.memory_count:
+            say(f"memory: draining {options.memory_count:,}")
+            big = DataSet.make(options.memory_count, options.seed + 1)
+            memory = await _measure(s, "memory", run_drain, big, options.workers, log_dir, 1800)
     best = max((w for w in wrk if w.p99_ms < 100 and not w.errors),
                key=lambda w: w.requests_per_s, default=None)  # fmt: skip
     totals_match = drain.totals_match and (memory is None or memory.totals_match)
@@ -114,6 +109,17 @@ async def run_bench(
         "peak_rss_mb": round(memory.peak_rss_mb if memory else drain.peak_rss_mb, 1),
         "totals_match": totals_match,
     }
+
+
+async def _measure(
+    settings: Settings, name: str, measure: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """One measurement in its own database and topics; the database is dropped right after."""
+    run = isolated(settings, name)
+    try:
+        return await measure(run, *args)
+    finally:
+        await drop_database(run)
 
 
 def _round(values: dict[str, float]) -> dict[str, float]:

@@ -1,0 +1,40 @@
+"""A small run of `signatures bench`, so the benchmark never rots. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KEYS = {
+    "count", "seconds", "throughput_per_s", "naive_throughput_per_s", "speedup_vs_naive",
+    "copy_limit_per_s", "fraction_of_limit", "latency_ms", "peak_rss_mb", "totals_match",
+    "cold_seconds", "api_max", "surge", "cpu_seconds_steady",
+}  # fmt: skip
+
+
+def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
+    env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "bench", "--count", "3000", "--naive-count", "200",
+         "--rate", "300", "--seconds", "2", "--memory-count", "4000", "--json"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert figures.keys() >= KEYS
+    assert figures["totals_match"] is True
+    assert figures["count"] == 3000
+    assert figures["memory_count"] == 4000
+    assert figures["surge"]["sent"] == 600
+    assert figures["surge"]["errors"] == 0
+    assert set(figures["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert figures["speedup_vs_naive"] > 0
+    assert figures["peak_rss_mb"] > 0
