@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,19 @@ def settings() -> Settings:
     loaded = load_settings()
     configure_logging(loaded.log_format, loaded.log_level)
     return loaded
+
+
+def tune_gc_for_throughput() -> None:
+    """For the long-running services, once their imports are done.
+
+    Every batch and request allocates many short-lived objects. With the default
+    thresholds the collector runs every 700 allocations and its older generations rescan
+    the long-lived state (modules, caches, clients) again and again: measured here, that
+    was about 40 % of a persist worker's CPU. Freeze what exists at start, collect rarely.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def run(coro: Callable[[], Awaitable[T]]) -> T:
@@ -83,8 +97,10 @@ def api(host: Host = None, port: Port = None) -> None:
 
     s = settings()
     s.require_dedupe_secret()
+    app = create_app(s)
+    tune_gc_for_throughput()
     uvicorn.run(
-        create_app(s),
+        app,
         host=host or s.api_host,
         port=port if port is not None else s.api_port,
         loop="uvloop",
@@ -117,6 +133,7 @@ def worker(
         install_stop_signals(stop)
         await run_worker(WorkerKind(kind.value), s, stop, drain=drain)
 
+    tune_gc_for_throughput()
     run(go)
 
 
