@@ -18,7 +18,6 @@ from uuid import UUID
 
 import aiohttp
 import asyncpg
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -35,7 +34,7 @@ from ingest.loadgen import Generated, Kind, generate, submission_message
 from ingest.seed import SEED_CAMPAIGN
 from runtime.campaigns import CampaignExists, counted_rows, create_campaign
 from runtime.db import create_pool
-from runtime.kafka import make_consumer, make_producer
+from runtime.kafka import make_producer, read_to_end
 from runtime.settings import Settings
 from runtime.supervisor import running_stack
 from runtime.totals_feed import read_published_totals
@@ -124,27 +123,10 @@ async def produce_as_partner(
 
 async def dead_letters_for(settings: Settings, keys: set[bytes]) -> Counter[str]:
     """Reasons of the dead letters whose key is one of ours (read from the topic's start)."""
-    consumer = make_consumer(settings, None)
-    await consumer.start()
     reasons: Counter[str] = Counter()
-    try:
-        partitions = consumer.partitions_for_topic(settings.topic_rejected) or set()
-        tps = [TopicPartition(settings.topic_rejected, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
-            for records in batch.values():
-                for record in records:
-                    if record.key in keys:
-                        headers = DeadLetterHeaders.from_kafka(list(record.headers))
-                        reasons[headers.reason.value] += 1
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(consumer.highwater(tp) == pos for tp, pos in zip(tps, positions, strict=True)):
-                break
-    finally:
-        await consumer.stop()
+    for record in await read_to_end(settings, settings.topic_rejected, timeout=20):
+        if record.key in keys:
+            reasons[DeadLetterHeaders.from_kafka(list(record.headers)).reason.value] += 1
     return reasons
 
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -86,3 +86,33 @@ async def produce_many(
                     raise ValueError("record larger than the producer's max_batch_size")
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*futures)
+
+
+async def read_to_end(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
+    """Every record of a topic, from its beginning up to its end as of now (no group)."""
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return records
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        async with asyncio.timeout(timeout):
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                for part in batch.values():
+                    records.extend(part)
+                positions = [await consumer.position(tp) for tp in tps]
+                highwaters = [consumer.highwater(tp) for tp in tps]
+                if all(
+                    h is not None and p >= h for p, h in zip(positions, highwaters, strict=True)
+                ):
+                    return records
+    finally:
+        await consumer.stop()

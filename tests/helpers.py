@@ -8,9 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import TopicPartition
-
-from runtime.kafka import make_consumer, make_producer
+from runtime.kafka import make_producer, read_to_end
 from runtime.settings import Settings
 from schemas.campaign import NewCampaign
 
@@ -58,27 +56,4 @@ def encode(values: list[dict[str, Any]]) -> list[bytes | None]:
 
 async def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
     """Every record of a topic, from its beginning up to its current end."""
-    consumer = make_consumer(settings, None)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        async with asyncio.timeout(timeout):
-            while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-                for part in batch.values():
-                    records.extend(part)
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(
-                    consumer.highwater(tp) is not None and pos >= consumer.highwater(tp)
-                    for tp, pos in zip(tps, positions, strict=True)
-                ):
-                    return records
-    finally:
-        await consumer.stop()
+    return await read_to_end(settings, topic, timeout)
