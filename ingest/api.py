@@ -54,7 +54,7 @@ def _respond(answer: Answer) -> Response:
     return Response(answer.body(), answer.status, answer.headers or None, media_type=JSON_TYPE)
 
 
-async def _request_reader(request: Request) -> BodyReader:
+def _request_reader(request: Request) -> BodyReader:
     async def read(limit: int) -> bytes:
         """The body, refused (413) before buffering more than `limit` bytes."""
         declared = request.headers.get("content-length")
@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def sign(slug: str, request: Request) -> Response:
         # Served by SigningFastPath; this route documents it and answers the same way.
         content_type = media_type(request.headers.get("content-type", ""))
-        return _respond(await current().sign(slug, content_type, await _request_reader(request)))
+        return _respond(await current().sign(slug, content_type, _request_reader(request)))
 
     @app.post(
         "/v1/campaigns/{slug}/signatures/batch",
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> ASGIApp:
         if (refused := await signer.refusal(slug)) is not None:
             return _respond(refused)
         try:
-            body = await (await _request_reader(request))(signer.settings.max_body_bytes)
+            body = await _request_reader(request)(signer.settings.max_body_bytes)
         except BodyTooLarge:
             return _problem(413, "(body)", "body_too_large")
         lines = [line for line in body.split(b"\n") if line.strip()]
