@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.data import CAMPAIGN, DataSet, prepare, produce_backlog
 from runtime.campaigns import counted_rows
 from runtime.db import create_pool
-from runtime.kafka import make_consumer
+from runtime.kafka import make_consumer, read_to_end
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
 
@@ -39,6 +39,8 @@ class DrainResult:
     rows: int
     published_total: int
     cpu_seconds: dict[str, float]
+    # every message ended as a row, a counted duplicate or a dead letter: none lost
+    conserved: bool
 
     @property
     def steady_per_s(self) -> float:
@@ -146,6 +148,17 @@ async def wait_published(settings: Settings, deadline: float) -> tuple[int, int]
     return rows, published
 
 
+async def conservation(settings: Settings, total: int, rows: int) -> bool:
+    """Rows + counted duplicates + dead letters account for every message, once."""
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        duplicates = await pool.fetchval("SELECT count(*) FROM duplicate_submissions")
+    finally:
+        await pool.close()
+    dead = await read_to_end(settings, settings.topic_rejected, timeout=60)
+    return rows + int(duplicates) + len({(r.partition, r.offset) for r in dead}) == total
+
+
 async def run_drain(
     settings: Settings, data: DataSet, workers: int, log_dir: Path, timeout: float = 600
 ) -> DrainResult:
@@ -184,6 +197,7 @@ async def run_drain(
         drained = time.perf_counter()
         cpu_end = cpu_by_component(pids, counter_pid)
         rows, published = await wait_published(settings, deadline)
+        conserved = await conservation(settings, total, rows)
         done = time.perf_counter()
     finally:
         await watcher.stop()
@@ -199,4 +213,5 @@ async def run_drain(
         rows=rows,
         published_total=published,
         cpu_seconds={k: round(cpu_end[k] - cpu_start.get(k, 0.0), 2) for k in cpu_end},
+        conserved=conserved,
     )

@@ -76,6 +76,7 @@ async def run_bench(
     best = max((w for w in wrk if w.p99_ms < 100 and not w.errors),
                key=lambda w: w.requests_per_s, default=None)  # fmt: skip
     totals_match = drain.totals_match and (memory is None or memory.totals_match)
+    conserved = drain.conserved and (memory is None or memory.conserved)
     return {
         "machine": {"cpus": _cpus(), "python": platform.python_version()},
         "count": drain.count,
@@ -108,6 +109,7 @@ async def run_bench(
         "memory_count": memory.count if memory else 0,
         "peak_rss_mb": round(memory.peak_rss_mb if memory else drain.peak_rss_mb, 1),
         "totals_match": totals_match,
+        "conserved": conserved,
     }
 
 
@@ -168,6 +170,10 @@ def report(figures: dict[str, Any], console: Console) -> None:
             ", ".join(f"{k} {v}" for k, v in figures["cpu_seconds_steady"].items()),
         ),
         ("published totals equal COUNT(*)", "yes" if figures["totals_match"] else "NO"),
+        (
+            "rows + duplicates + dead letters = messages",
+            "yes" if figures["conserved"] else "NO",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -226,7 +226,7 @@ def bench(
         typer.echo(json.dumps(figures))
     else:
         report(figures, out if out.is_terminal else Console(width=140))
-    raise typer.Exit(0 if figures["totals_match"] else 1)
+    raise typer.Exit(0 if figures["totals_match"] and figures["conserved"] else 1)
 
 
 @campaign_app.command("create")

@@ -31,6 +31,7 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     figures = json.loads(done.stdout)
     assert figures.keys() >= KEYS
     assert figures["totals_match"] is True
+    assert figures["conserved"] is True
     assert figures["count"] == 3000
     assert figures["memory_count"] == 4000
     assert figures["surge"]["sent"] == 600
