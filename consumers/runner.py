@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,7 +80,6 @@ class Runner:
         timeout_ms: int,
         stop: asyncio.Event,
         drain: bool = False,
-        on_batch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._consumer = consumer
         self._topics = list(topics)
@@ -89,7 +88,6 @@ class Runner:
         self._timeout_ms = timeout_ms
         self._stop = stop
         self._drain = drain
-        self._on_batch = on_batch
         self._lock = asyncio.Lock()
         self.stats = RunnerStats()
 
@@ -109,8 +107,6 @@ class Runner:
                 if not done:
                     break  # stopping while the batch kept failing: leave it uncommitted
                 await self._commit(batch)
-            if self._on_batch is not None:
-                await self._on_batch()
         return self.stats
 
     async def _caught_up(self) -> bool:
