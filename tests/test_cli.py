@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def cli_env(database_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    """The caller's environment (KAFKA_BOOTSTRAP_SERVERS included, if a cluster is set),
+    with this test's database and state directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None) if "KAFKA_BOOTSTRAP_SERVERS" not in extra else None
     env.update(
         {
             "DATABASE_URL": database_url,
