@@ -21,6 +21,7 @@ from consumers.runner import Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode, dedupe_key
 from runtime.campaigns import campaign_statuses
+from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus
@@ -73,7 +74,8 @@ class PersistHandler:
                 else:
                     rows.append(self._row(submission))
             result = await write_batch(conn, rows)
-
+            failpoint("persist.before_db_commit")
+        failpoint("persist.after_db_commit")
         stored = time.perf_counter()
         now = datetime.now(UTC)
         now_iso = now.isoformat()

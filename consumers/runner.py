@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers.errors import is_transient
+from runtime.failpoints import failpoint
 from runtime.logs import get_logger
 
 log = get_logger("consumers.runner")
@@ -106,6 +107,7 @@ class Runner:
                 done = await self._process(batch)
                 if not done:
                     break  # stopping while the batch kept failing: leave it uncommitted
+                failpoint(f"{self._handler.name}.before_offset_commit")
                 await self._commit(batch)
         return self.stats
 
