@@ -1,0 +1,79 @@
+"""While the broker does not answer, the API says 503, never 202; afterwards it recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from ingest.api import create_app
+from runtime.broker import EmbeddedBroker, free_port
+from runtime.campaigns import create_campaign
+from runtime.topics import ensure_topics
+from tests.conftest import make_settings
+from tests.helpers import CAMPAIGN
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+async def own_broker() -> AsyncIterator[EmbeddedBroker]:
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        yield broker
+    finally:
+        broker.resume()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_paused_broker_means_503_then_recovery(
+    database_url: str, pool: asyncpg.Pool, own_broker: EmbeddedBroker
+) -> None:
+    settings = make_settings(database_url, own_broker.bootstrap)
+    await ensure_topics(settings, own_broker.bootstrap)
+    await create_campaign(pool, CAMPAIGN)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}/v1/campaigns/{CAMPAIGN.slug}/signatures"
+
+    def body() -> dict[str, object]:
+        email = f"outage.{uuid.uuid4().hex[:8]}@example.org"
+        return {"first_name": "Ada", "last_name": "L", "email": email, "country": "IT",
+                "consent": True, "submission_id": str(uuid.uuid4())}  # fmt: skip
+
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(timeout=40) as client:
+            assert (await client.post(url, json=body())).status_code == 202
+            own_broker.pause()
+            answers = await asyncio.gather(*(client.post(url, json=body()) for _ in range(5)))
+            assert [a.status_code for a in answers] == [503] * 5
+            assert answers[0].json() == {
+                "errors": [{"field": "(service)", "reason": "broker_unavailable"}]
+            }
+            assert answers[0].headers["retry-after"] == "2"
+            own_broker.resume()
+            # The client retries the same submission (same id: the idempotency key) until 202.
+            again = body()
+            retried = None
+            for _ in range(20):
+                retried = await client.post(url, json=again)
+                if retried.status_code == 202:
+                    break
+                await asyncio.sleep(0.5)
+            assert retried is not None and retried.status_code == 202
+    finally:
+        own_broker.resume()
+        server.should_exit = True
+        await serving
