@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -92,18 +92,8 @@ class EmbeddedBroker:
     def pause(self) -> None:
         """SIGSTOP the broker (fault injection: clients see timeouts, not refusals)."""
         if self._process is not None:
-            self._process.send_signal(19)
+            self._process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
         if self._process is not None:
-            self._process.send_signal(18)
-
-
-@contextlib.contextmanager
-def embedded_broker(log_path: Path | None = None) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(log_path=log_path)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+            self._process.send_signal(signal.SIGCONT)

@@ -44,13 +44,6 @@ async def list_campaigns(pool: asyncpg.Pool) -> list[Campaign]:
     return [Campaign.model_validate(dict(row)) for row in rows]
 
 
-async def get_campaign(pool: asyncpg.Pool, slug: str) -> Campaign:
-    row = await pool.fetchrow("SELECT * FROM campaigns WHERE slug = $1", slug)
-    if row is None:
-        raise UnknownCampaign(slug)
-    return Campaign.model_validate(dict(row))
-
-
 async def close_campaign(pool: asyncpg.Pool, slug: str) -> Campaign:
     """Close a campaign; later submissions are rejected. The totals version moves on."""
     async with pool.acquire() as conn, conn.transaction():
