@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,7 +37,6 @@ class Child:
     log_file: IO[bytes] | None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    started_at: float = field(default=0.0)
 
 
 class Stack:
@@ -73,7 +72,6 @@ class Stack:
             stderr=child.log_file,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them in order
         )
-        child.started_at = time.monotonic()
 
     async def _watch(self, child: Child) -> None:
         while True:
