@@ -134,7 +134,7 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
         )
 
     inserted_ids = {s.submission_id for s in result.inserted}
-    leftovers = {row[0]: row for row in rows if row[0] not in inserted_ids}
+    leftovers = {sid: row for sid, row in by_id.items() if sid not in inserted_ids}
     if leftovers:
         stored = await conn.fetch(_ALREADY_STORED, list(leftovers))
         result.already_stored = [_stored(row) for row in stored]

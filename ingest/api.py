@@ -26,10 +26,10 @@ from ingest.signing import (
     FORM_TYPE,
     JSON_TYPE,
     Answer,
-    BodyReader,
     BodyTooLarge,
     Signer,
     SigningFastPath,
+    body_reader,
     media_type,
     problem,
 )
@@ -52,24 +52,6 @@ def _problem(status: int, field_name: str, reason: str) -> Response:
 
 def _respond(answer: Answer) -> Response:
     return Response(answer.body(), answer.status, answer.headers or None, media_type=JSON_TYPE)
-
-
-def _request_reader(request: Request) -> BodyReader:
-    async def read(limit: int) -> bytes:
-        """The body, refused (413) before buffering more than `limit` bytes."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BodyTooLarge
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    return read
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -117,7 +99,9 @@ def create_app(settings: Settings) -> ASGIApp:
     async def sign(slug: str, request: Request) -> Response:
         # Served by SigningFastPath; this route documents it and answers the same way.
         content_type = media_type(request.headers.get("content-type", ""))
-        return _respond(await current().sign(slug, content_type, _request_reader(request)))
+        return _respond(
+            await current().sign(slug, content_type, body_reader(request.scope, request.receive))
+        )
 
     @app.post(
         "/v1/campaigns/{slug}/signatures/batch",
@@ -130,7 +114,7 @@ def create_app(settings: Settings) -> ASGIApp:
         if (refused := await signer.refusal(slug)) is not None:
             return _respond(refused)
         try:
-            body = await _request_reader(request)(signer.settings.max_body_bytes)
+            body = await body_reader(request.scope, request.receive)(signer.settings.max_body_bytes)
         except BodyTooLarge:
             return _problem(413, "(body)", "body_too_large")
         lines = [line for line in body.split(b"\n") if line.strip()]

@@ -34,7 +34,7 @@ from ingest.loadgen import Generated, Kind, generate, submission_message
 from ingest.seed import SEED_CAMPAIGN
 from runtime.campaigns import CampaignExists, counted_rows, create_campaign
 from runtime.db import create_pool
-from runtime.kafka import make_producer, read_to_end
+from runtime.kafka import OutgoingRecord, make_producer, produce_many, read_to_end
 from runtime.settings import Settings
 from runtime.supervisor import running_stack
 from runtime.totals_feed import read_published_totals
@@ -105,20 +105,21 @@ async def post_all(url: str, items: list[Generated], concurrency: int, console: 
 async def produce_as_partner(
     settings: Settings, items: list[Generated], campaign: str
 ) -> set[bytes]:
+    records: list[OutgoingRecord] = [
+        (
+            UUID(str(item.body["submission_id"])).bytes,
+            submission_message(item.body, campaign=campaign, source=f"partner:{PARTNER}"),
+            [],
+        )
+        for item in items
+    ]
     producer = make_producer(settings)
     await producer.start()
-    keys: set[bytes] = set()
     try:
-        futures = []
-        for item in items:
-            key = UUID(str(item.body["submission_id"])).bytes
-            keys.add(key)
-            value = submission_message(item.body, campaign=campaign, source=f"partner:{PARTNER}")
-            futures.append(await producer.send(settings.topic_submitted, value=value, key=key))
-        await asyncio.gather(*futures)
+        await produce_many(producer, settings.topic_submitted, records)
     finally:
         await producer.stop()
-    return keys
+    return {key for key, _, _ in records if key is not None}
 
 
 async def dead_letters_for(settings: Settings, keys: set[bytes]) -> Counter[str]:

@@ -161,24 +161,29 @@ class SigningFastPath:
         scope["route_template"] = SIGN_ROUTE
         headers = dict(scope["headers"])
         content_type = media_type(headers.get(b"content-type", b"").decode("latin-1"))
-        declared = headers.get(b"content-length", b"")
-
-        async def read(limit: int) -> bytes:
-            if declared.isdigit() and int(declared) > limit:
-                raise BodyTooLarge
-            chunks, size, more = [], 0, True
-            while more:
-                message: Message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            return b"".join(chunks)
-
-        answer = await self.signer().sign(match[1], content_type, read)
+        answer = await self.signer().sign(match[1], content_type, body_reader(scope, receive))
         await send_answer(send, answer)
+
+
+def body_reader(scope: Scope, receive: Receive) -> BodyReader:
+    """Reads a request body, refusing (BodyTooLarge) before buffering more than `limit`."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+
+    async def read(limit: int) -> bytes:
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge
+        chunks, size, more = [], 0, True
+        while more:
+            message: Message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    return read
 
 
 async def send_answer(send: Send, answer: Answer) -> None:

@@ -58,7 +58,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root.setLevel(_LEVELS[level])
     # aiokafka is chatty at INFO about group membership; keep its warnings.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-    # One line per outgoing HTTP request of the demo would drown its progress bar.
+    # `up` polls /readyz with httpx: a line per poll would drown what matters.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     # uvicorn's access log would duplicate our canonical request line.
     logging.getLogger("uvicorn.access").disabled = True

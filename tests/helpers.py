@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from runtime.kafka import make_producer, read_to_end
+from runtime.kafka import make_producer
 from runtime.settings import Settings
 from schemas.campaign import NewCampaign
 
@@ -52,8 +52,3 @@ async def produce(settings: Settings, values: list[bytes | None], topic: str | N
 
 def encode(values: list[dict[str, Any]]) -> list[bytes | None]:
     return [json.dumps(v, ensure_ascii=False).encode() for v in values]
-
-
-async def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list[Any]:
-    """Every record of a topic, from its beginning up to its current end."""
-    return await read_to_end(settings, topic, timeout)

@@ -19,10 +19,11 @@ import pytest
 
 from consumers.service import WorkerKind, run_worker
 from runtime.campaigns import counted_rows, create_campaign, read_totals
+from runtime.kafka import read_to_end
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
 from schemas.events import AcceptedEvent
-from tests.helpers import CAMPAIGN, encode, produce, read_topic, submission
+from tests.helpers import CAMPAIGN, encode, produce, submission
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,7 +93,7 @@ async def test_killed_worker_loses_nothing_and_counts_nothing_twice(
     assert outcome.get("redelivered", 0) == rows_after_crash
     # Every stored signature has an accepted event (at least once; dedupe by id).
     events = [AcceptedEvent.model_validate_json(r.value)
-              for r in await read_topic(settings, settings.topic_accepted)]  # fmt: skip
+              for r in await read_to_end(settings, settings.topic_accepted)]  # fmt: skip
     assert {e.signature_id for e in events} == {
         r["id"] for r in await pool.fetch("SELECT id FROM signatures")
     }

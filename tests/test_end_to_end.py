@@ -16,10 +16,11 @@ from consumers.service import WorkerKind, run_worker
 from ingest.api import create_app
 from runtime.broker import free_port
 from runtime.campaigns import close_campaign, counted_rows, create_campaign
+from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import NewCampaign
-from tests.helpers import CAMPAIGN, read_topic
+from tests.helpers import CAMPAIGN
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +133,7 @@ async def test_http_to_published_totals(settings: Settings, pool: asyncpg.Pool, 
 
     # Nothing on the accepted or totals topics names a signer.
     for topic in (settings.topic_accepted, settings.topic_totals):
-        blob = b"".join(r.value for r in await read_topic(settings, topic))
+        blob = b"".join(r.value for r in await read_to_end(settings, topic))
         assert b"@" not in blob and b"Giulia" not in blob
 
 

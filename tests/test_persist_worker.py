@@ -16,10 +16,11 @@ from consumers.persist import _accepted
 from consumers.service import WorkerKind, run_worker
 from consumers.store import StoredSignature
 from runtime.campaigns import close_campaign, counted_rows, create_campaign, read_totals
+from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from schemas.campaign import NewCampaign
 from schemas.events import AcceptedEvent, DeadLetterHeaders
-from tests.helpers import CAMPAIGN, encode, produce, read_topic, submission
+from tests.helpers import CAMPAIGN, encode, produce, submission
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
         == 2
     )
 
-    dead = await read_topic(settings, settings.topic_rejected)
+    dead = await read_to_end(settings, settings.topic_rejected)
     reasons = sorted(DeadLetterHeaders.from_kafka(list(r.headers)).reason.value for r in dead)
     assert reasons == sorted(
         [
@@ -103,10 +104,10 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
 
     accepted = [
         AcceptedEvent.model_validate_json(r.value)
-        for r in await read_topic(settings, settings.topic_accepted)
+        for r in await read_to_end(settings, settings.topic_accepted)
     ]
     assert len({e.signature_id for e in accepted}) == 7
-    raw = b"".join(r.value for r in await read_topic(settings, settings.topic_accepted))
+    raw = b"".join(r.value for r in await read_to_end(settings, settings.topic_accepted))
     assert b"@" not in raw and b"Mario" not in raw
 
 
@@ -155,7 +156,7 @@ async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.
     await drain(settings, WorkerKind.COUNT)
 
     published = {}
-    for record in await read_topic(settings, settings.topic_totals):
+    for record in await read_to_end(settings, settings.topic_totals):
         value = json.loads(record.value)
         assert record.key.decode() == value["campaign"]
         if value["version"] >= published.get(value["campaign"], {"version": -1})["version"]:
