@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import unicodedata
 import uuid
@@ -78,6 +80,12 @@ def test_dedupe_key_is_keyed_and_opaque() -> None:
     assert key != dedupe_key(b"x" * 32, "mario@example.org")
     assert key != dedupe_key(SECRET, "maria@example.org")
     assert b"mario" not in key
+
+
+@given(secret=st.binary(min_size=1, max_size=200), email=st.text(max_size=80))
+def test_dedupe_key_is_hmac_sha256(secret: bytes, email: str) -> None:
+    expected = hmac.digest(secret, email.casefold().encode(), hashlib.sha256)
+    assert dedupe_key(secret, email) == expected
 
 
 def test_plus_tags_are_different_people() -> None:
