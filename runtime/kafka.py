@@ -73,8 +73,14 @@ async def produce_many(
         raise KafkaError(f"no partitions known for topic {topic}")
     ordered = sorted(partitions)
     by_partition: dict[int, list[OutgoingRecord]] = defaultdict(list)
+    by_key: dict[bytes, int] = {}  # murmur2 is pure Python; keys repeat (a campaign's slug)
     for record in records:
-        by_partition[_partitioner(record[0], ordered, ordered)].append(record)
+        key = record[0]
+        if key is None:
+            partition = _partitioner(None, ordered, ordered)
+        elif (partition := by_key.get(key, -1)) < 0:
+            partition = by_key[key] = _partitioner(key, ordered, ordered)
+        by_partition[partition].append(record)
     futures: list[asyncio.Future[Any]] = []
     for partition, items in by_partition.items():
         batch = producer.create_batch()
