@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -49,8 +50,7 @@ StagingRow = tuple[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSignature:
+class StoredSignature(NamedTuple):  # one per row: a tuple builds 3x faster than a frozen dataclass
     signature_id: int
     submission_id: UUID
     campaign: str

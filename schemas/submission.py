@@ -66,9 +66,10 @@ def clean_text(value: str, *, max_len: int) -> str:
     return value
 
 
-# The common case, an ASCII dot-atom local part at an ASCII domain, is decided here with a
-# regex and a per-domain cache; everything else goes through email-validator whole. The
-# two agree exactly (tests/test_email_fast_path.py checks it against the library).
+# The common case, an ASCII dot-atom local part, is decided here with a regex and a
+# per-domain cache (internationalised domains included); everything else goes through
+# email-validator whole. The two agree exactly (tests/test_email_fast_path.py checks it
+# against the library).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
 _ASCII_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\Z")
@@ -76,28 +77,32 @@ _CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 @functools.lru_cache(maxsize=65_536)
-def _ascii_domain(domain: str) -> str | None:
-    """The normalised domain if it is valid and stays ASCII, else None (slow path)."""
+def _domain(domain: str) -> tuple[str, str] | None:
+    """The normalised domain and its IDNA ASCII form if it is valid, else None (slow path)."""
     try:
         info = validate_email_domain_name(domain, test_environment=False, globally_deliverable=True)
     except EmailNotValidError:
         return None
-    normalized: str = info["domain"]
-    return normalized if normalized == info["ascii_domain"] else None
+    return info["domain"], info["ascii_domain"]
 
 
 def _fast_normalise(value: str) -> str | None:
     local, at, domain = value.rpartition("@")
-    if not at or len(local) > 64 or len(value) > EMAIL_MAX:
+    if not at or len(local) > 64 or not _DOT_ATOM.match(local):
         return None
-    if not _DOT_ATOM.match(local) or not _ASCII_DOMAIN.match(domain):
+    if domain.isascii() and not _ASCII_DOMAIN.match(domain):
         return None
-    normalized_domain = _ascii_domain(domain)
-    if normalized_domain is None:
+    names = _domain(domain)
+    if names is None:
         return None
     if local.lower() in _CASE_INSENSITIVE:
         local = local.lower()
-    return f"{local}@{normalized_domain}"
+    normalized = f"{local}@{names[0]}"
+    # the library's length limits, in UTF-8 bytes, of the address as given, normalised
+    # and in ASCII; past them it raises with its own message, so it decides
+    if max(len(a.encode()) for a in (value, normalized, f"{local}@{names[1]}")) > EMAIL_MAX:
+        return None
+    return normalized
 
 
 def normalise_email(value: str) -> str:
