@@ -100,9 +100,12 @@ def _fast_normalise(value: str) -> str | None:
     normalized = f"{local}@{names[0]}"
     # the library's length limits, in UTF-8 bytes, of the address as given, normalised
     # and in ASCII; past them it raises with its own message, so it decides
-    if max(len(a.encode()) for a in (value, normalized, f"{local}@{names[1]}")) > EMAIL_MAX:
-        return None
-    return normalized
+    if names[0] == names[1] and value.isascii():  # all ASCII: characters are bytes
+        too_long = len(value) > EMAIL_MAX or len(normalized) > EMAIL_MAX
+    else:
+        forms = (value, normalized, f"{local}@{names[1]}")
+        too_long = any(len(form.encode()) > EMAIL_MAX for form in forms)
+    return None if too_long else normalized
 
 
 def normalise_email(value: str) -> str:
