@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from schemas.submission import _fast_normalise
 
 LOCAL_CHARS = "abcXYZ019.!#$%&'*+/=?^_`{|}~-\"(),:;<>@[\\] é"
-DOMAIN_CHARS = "abcXYZ019.-_éüßＥｅ例\u0301\u200d<>\" @"
+DOMAIN_CHARS = 'abcXYZ019.-_éüßＥｅ例\u0301\u200d<>" @'
 TLDS = ["com", "org", "IT", "test", "local", "invalid", "onion", "arpa", "localhost", "1", "c0m",
         "xn--p1ai", "x"]  # fmt: skip
 
@@ -55,6 +55,9 @@ def test_fast_path_matches_the_library(address: str) -> None:
         assert fast == library(address)
 
 
-@given(st.sampled_from(["mario.rossi@example.org", "A.B+tag@Gmail.COM", "x_y-z@sub.mail.co.uk", "ivan@почта.рф"]))
+COMMON = ["mario.rossi@example.org", "A.B+tag@Gmail.COM", "x_y-z@sub.mail.co.uk", "ivan@почта.рф"]
+
+
+@given(st.sampled_from(COMMON))
 def test_fast_path_takes_the_common_case(address: str) -> None:
     assert _fast_normalise(address) == library(address) is not None
