@@ -1,0 +1,297 @@
+"""A history of what producers were told, and the checker of the delivery promise.
+
+Every submission a fault test sends is recorded with what its sender was told:
+acknowledged (the broker acked it, or the API answered 202), refused (a 4xx) or unknown
+(a timeout, a 503, a dropped connection). Each one has a unique id and, unless the test
+means it to repeat a person, a unique synthetic email. After the faults heal and the
+pipeline drains, `check` compares the history with PostgreSQL and the topics and returns
+every violation it finds, as a sentence; an empty list means the promise held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from runtime.kafka import make_consumer, read_to_end
+from runtime.settings import Settings
+from schemas.events import CampaignTotals, DeadLetterHeaders
+
+
+class Told(StrEnum):
+    ACKNOWLEDGED = "acknowledged"
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class Sent:
+    submission_id: str
+    person: str  # who signed: submissions with the same person count once
+    campaign: str
+    valid: bool  # whether the test meant it to be counted
+    told: Told
+
+
+@dataclass
+class History:
+    sent: dict[str, Sent] = field(default_factory=dict)
+    sentinels: set[str] = field(default_factory=set)  # PII that must never leak
+
+    def record(
+        self, body: dict[str, Any], *, told: Told, valid: bool = True, person: str | None = None
+    ) -> None:
+        """Record one send; a repeated send of the same id keeps its best answer.
+
+        `person` names who signed when the test varies one email (case, IDN, NFD);
+        by default it is the email, trimmed and case-folded.
+        """
+        sid = str(body["submission_id"])
+        person = person or str(body.get("email", "")).strip().casefold()
+        previous = self.sent.get(sid)
+        if previous is not None and previous.told is Told.ACKNOWLEDGED:
+            told = Told.ACKNOWLEDGED
+        self.sent[sid] = Sent(sid, person, str(body["campaign"]), valid, told)
+        for key in ("email", "first_name", "last_name"):
+            value = body.get(key)
+            if isinstance(value, str) and len(value.strip()) >= 6:
+                self.sentinels.add(value.strip())
+
+    def acknowledged(self) -> list[Sent]:
+        return [s for s in self.sent.values() if s.told is Told.ACKNOWLEDGED]
+
+
+@dataclass
+class Outcomes:
+    rows: dict[str, str]  # submission_id -> campaign
+    duplicates: set[str]
+    dead_letters: dict[tuple[int, int], DeadLetterHeaders]  # by origin partition/offset
+    dead_lettered_ids: set[str]
+
+    @classmethod
+    async def read(cls, settings: Settings, pool: asyncpg.Pool) -> Outcomes:
+        rows = {
+            str(r["submission_id"]): r["campaign"]
+            for r in await pool.fetch("SELECT submission_id, campaign FROM signatures")
+        }
+        duplicates = {
+            str(r["submission_id"])
+            for r in await pool.fetch("SELECT submission_id FROM duplicate_submissions")
+        }
+        dead: dict[tuple[int, int], DeadLetterHeaders] = {}
+        dead_ids: set[str] = set()
+        for record in await read_to_end(settings, settings.topic_rejected, timeout=30):
+            headers = DeadLetterHeaders.from_kafka(list(record.headers))
+            dead[(headers.origin_partition, headers.origin_offset)] = headers
+            sid = _submission_id(record.value)
+            if sid is not None:
+                dead_ids.add(sid)
+        return cls(rows, duplicates, dead, dead_ids)
+
+    def accounts_for(self, partition: int, offset: int, value: bytes | None) -> bool:
+        if (partition, offset) in self.dead_letters:
+            return True
+        sid = _submission_id(value)
+        return sid is not None and (sid in self.rows or sid in self.duplicates)
+
+
+def _submission_id(value: bytes | None) -> str | None:
+    try:
+        parsed = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("submission_id"), str):
+        return str(parsed["submission_id"])
+    return None
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def committed_offsets(
+    settings: Settings, group: str, topic: str
+) -> dict[TopicPartition, int]:
+    """The group's committed offset of every partition of the topic (0 if none)."""
+    consumer = make_consumer(settings, group)
+    await consumer.start()
+    try:
+        return {tp: await consumer.committed(tp) or 0 for tp in await _partitions(consumer, topic)}
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topic)
+        if not tps:
+            return {}
+        consumer.assign(tps)  # from the fetch high watermark: the broker's ListOffsets is off
+        async with asyncio.timeout(30):
+            while any(consumer.highwater(tp) is None for tp in tps):
+                await consumer.getmany(timeout_ms=100, max_records=1)
+        return {tp: consumer.highwater(tp) or 0 for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def uncovered_commits(settings: Settings, pool: asyncpg.Pool) -> list[str]:
+    """Committed offsets never pass what has been persisted (or dead-lettered)."""
+    committed = await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
+    outcomes = await Outcomes.read(settings, pool)
+    problems = []
+    for record in await read_to_end(settings, settings.topic_submitted, timeout=30):
+        tp = TopicPartition(record.topic, record.partition)
+        if record.offset < committed.get(tp, 0) and not outcomes.accounts_for(
+            record.partition, record.offset, record.value
+        ):
+            problems.append(
+                f"offset {record.partition}/{record.offset} committed but not persisted"
+            )
+    return problems
+
+
+async def lag(settings: Settings) -> dict[str, int]:
+    """Records not yet committed, per consumer group, summed over partitions."""
+    result = {}
+    for group, topic in (
+        (settings.persist_group, settings.topic_submitted),
+        (settings.count_group, settings.topic_accepted),
+    ):
+        committed = await committed_offsets(settings, group, topic)
+        ends = await end_offsets(settings, topic)
+        result[group] = sum(end - committed.get(tp, 0) for tp, end in ends.items())
+    return result
+
+
+def totals_problems(records: Sequence[bytes | None], counts: dict[str, int]) -> list[str]:
+    """The totals topic, in order: what readers see never goes backwards and ends exact."""
+    problems = []
+    by_version: dict[tuple[str, int], int] = {}
+    highest: dict[str, CampaignTotals] = {}
+    for value in records:
+        if not value:
+            continue
+        totals = CampaignTotals.model_validate_json(value)
+        seen = by_version.setdefault((totals.campaign, totals.version), totals.total)
+        if seen != totals.total:
+            problems.append(
+                f"{totals.campaign} v{totals.version} published as {seen} and {totals.total}"
+            )
+        known = highest.get(totals.campaign)
+        if known is None or totals.version > known.version:
+            if known is not None and totals.total < known.total and totals.status == known.status:
+                problems.append(f"{totals.campaign} went back from {known.total} to {totals.total}")
+            highest[totals.campaign] = totals
+    for campaign, count in counts.items():
+        published = highest.get(campaign)
+        if published is None and count:
+            problems.append(f"{campaign}: nothing published for {count} rows")
+        elif published is not None and published.total != count:
+            problems.append(f"{campaign}: published {published.total}, COUNT(*) {count}")
+    return problems
+
+
+def leaks(sentinels: Iterable[str], texts: Iterable[tuple[str, str]]) -> list[str]:
+    """Where a sentinel (a name or email used in the test) appears in a text."""
+    needles = [s.casefold() for s in sentinels]
+    found: list[str] = []
+    for where, text in texts:
+        lowered = text.casefold()
+        found.extend(f"PII leaked into {where}" for needle in needles if needle in lowered)
+    return sorted(set(found))
+
+
+async def published_texts(settings: Settings) -> list[tuple[str, str]]:
+    """Everything the pipeline published that must be free of PII (not the DLQ payloads)."""
+    texts: list[tuple[str, str]] = []
+    for topic in (settings.topic_accepted, settings.topic_totals):
+        for record in await read_to_end(settings, topic, timeout=30):
+            texts.append((topic, (record.value or b"").decode("utf-8", "replace")))
+    for record in await read_to_end(settings, settings.topic_rejected, timeout=30):
+        headers = " ".join(v.decode("utf-8", "replace") for _, v in record.headers)
+        texts.append((f"{settings.topic_rejected} headers", headers))
+    return texts
+
+
+def log_texts(paths: Iterable[Path]) -> list[tuple[str, str]]:
+    return [(path.name, path.read_text(errors="replace")) for path in paths if path.exists()]
+
+
+async def check(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    history: History,
+    *,
+    logs: Iterable[Path] = (),
+    extra_texts: Iterable[tuple[str, str]] = (),
+) -> list[str]:
+    """Every invariant of the delivery promise, after the pipeline has drained."""
+    problems: list[str] = []
+    outcomes = await Outcomes.read(settings, pool)
+
+    by_person: dict[tuple[str, str], list[Sent]] = defaultdict(list)
+    for sent in history.sent.values():
+        if sent.valid:
+            by_person[(sent.campaign, sent.person)].append(sent)
+        elif sent.submission_id in outcomes.rows:
+            problems.append(f"invalid submission {sent.submission_id} was stored")
+        if sent.told is Told.REFUSED and sent.submission_id in outcomes.rows:
+            problems.append(f"refused submission {sent.submission_id} was stored")
+    for (campaign, _), sends in by_person.items():
+        stored = [s for s in sends if s.submission_id in outcomes.rows]
+        acked = [s for s in sends if s.told is Told.ACKNOWLEDGED]
+        if acked and not stored:
+            problems.append(f"acknowledged {acked[0].submission_id} ({campaign}) is missing")
+        if len(stored) > 1:
+            problems.append(f"one person stored {len(stored)} times in {campaign}")
+        problems.extend(
+            f"{s.submission_id} stored although refused" for s in stored if s.told is Told.REFUSED
+        )
+    problems.extend(
+        f"dead-lettered {sid} was stored"
+        for sid in outcomes.dead_lettered_ids & outcomes.rows.keys()
+    )
+
+    # conservation: every consumed record ended as a row, a duplicate or a dead letter
+    submitted = await read_to_end(settings, settings.topic_submitted, timeout=30)
+    problems.extend(
+        f"record {r.partition}/{r.offset} was dropped"
+        for r in submitted
+        if not outcomes.accounts_for(r.partition, r.offset, r.value)
+    )
+
+    counts: dict[str, int] = defaultdict(int)
+    for campaign in outcomes.rows.values():
+        counts[campaign] += 1
+    for row in await pool.fetch("SELECT campaign, total FROM campaign_totals"):
+        if row["total"] != counts.get(row["campaign"], 0):
+            problems.append(
+                f"{row['campaign']}: campaign_totals {row['total']}, "
+                f"COUNT(*) {counts.get(row['campaign'], 0)}"
+            )
+        counts.setdefault(row["campaign"], 0)
+    totals = await read_to_end(settings, settings.topic_totals, timeout=30)
+    problems.extend(totals_problems([r.value for r in totals], dict(counts)))
+
+    problems.extend(await uncovered_commits(settings, pool))
+    problems.extend(f"group {g} has lag {n}" for g, n in (await lag(settings)).items() if n)
+
+    texts = [*await published_texts(settings), *log_texts(logs), *extra_texts]
+    problems.extend(leaks(history.sentinels, texts))
+    return problems
