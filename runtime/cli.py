@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, TypeVar
 
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 campaign_app = typer.Typer(help="Create, list and close campaigns.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
+dlq_app = typer.Typer(help="Dead letters: list, show, replay.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 T = TypeVar("T")
 log = get_logger("runtime.cli")
@@ -304,6 +308,215 @@ def campaign_close(slug: Annotated[str, typer.Argument()]) -> None:
         typer.echo(f"no campaign {slug}", err=True)
         raise typer.Exit(1) from None
     out.print(f"closed campaign {slug}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
+    watch: Annotated[
+        float, typer.Option(min=0, help="Refresh every N seconds until Ctrl-C (0: once)")
+    ] = 0,
+) -> None:
+    """Lag per partition, recent rates, dead letters by reason, totals and drift per campaign.
+
+    Exits 1 when a campaign's stored total disagrees with its rows (run `reconcile`).
+    """
+    from rich.console import Group
+    from rich.live import Live
+
+    from ops.status import Status, collect, render
+
+    s = settings()
+
+    async def once(pool: asyncpg.Pool) -> Status:
+        return await collect(s, pool)
+
+    if not watch:
+        snapshot = run(lambda: _with_pool(s, once))
+        if as_json:
+            typer.echo(json.dumps(snapshot.to_json()))
+        else:
+            out.print(*render(snapshot))
+        raise typer.Exit(0 if snapshot.healthy else 1)
+
+    async def forever(pool: asyncpg.Pool) -> None:
+        previous = None
+        live = Live(console=out, auto_refresh=False, transient=False)
+        with live if not as_json else contextlib.nullcontext():
+            while True:
+                snapshot = await collect(s, pool, previous=previous, sample_s=0)
+                if as_json:  # one JSON object per line
+                    typer.echo(json.dumps(snapshot.to_json()))
+                else:
+                    live.update(Group(*render(snapshot)), refresh=True)
+                previous = snapshot
+                await asyncio.sleep(watch)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(lambda: _with_pool(s, forever))
+
+
+@app.command()
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option(help="Report drift, change nothing (exit 1 if any)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+) -> None:
+    """Recount every campaign from its rows; correct drift with a new version and publish it."""
+    from ops.reconcile import Correction
+    from ops.reconcile import reconcile as recount
+    from runtime.progress import progress_bar
+
+    s = settings()
+
+    async def go(pool: asyncpg.Pool) -> list[Correction]:
+        total = await pool.fetchval("SELECT count(*) FROM campaign_totals")
+        with progress_bar(out) as bar:
+            task = bar.add_task("recounting campaigns", total=total)
+            return await recount(s, pool, dry_run=dry_run, progress=lambda _c: bar.advance(task))
+
+    corrections = run(lambda: _with_pool(s, go))
+    changed = [c for c in corrections if c.changed]
+    if as_json:
+        typer.echo(json.dumps([
+            {"campaign": c.campaign, "changed": c.changed, "version": c.version,
+             "total": list(c.total), "duplicates": list(c.duplicates),
+             "breakdown": {k: list(v) for k, v in c.breakdown.items()}}
+            for c in corrections
+        ]))  # fmt: skip
+    else:
+        verb = "would correct" if dry_run else "corrected"
+        for c in changed:
+            out.print(
+                f"{c.campaign}: {verb} total {c.total[0]:,} → {c.total[1]:,}, duplicates "
+                f"{c.duplicates[0]:,} → {c.duplicates[1]:,}, {len(c.breakdown)} breakdown "
+                f"entries" + ("" if dry_run else f" (version {c.version}, published)")
+            )
+        out.print(f"{len(corrections)} campaigns recounted, {len(changed)} with drift")
+    raise typer.Exit(1 if dry_run and changed else 0)
+
+
+Reasons = Annotated[
+    list[str] | None, typer.Option("--reason", help="Only this reason code (repeatable)")
+]
+Since = Annotated[
+    datetime | None, typer.Option(help="Only dead letters rejected since (ISO time, UTC if naive)")
+]
+Origin = Annotated[str | None, typer.Option(help="Only dead letters from this input topic")]
+
+
+def _since(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: Reasons = None,
+    since: Since = None,
+    origin: Origin = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+) -> None:
+    """Dead letters by reason, time and origin; never their payloads."""
+    from collections import Counter
+
+    from ops.dlq import read_dead_letters, select
+
+    s = settings()
+    letters = select(
+        run(lambda: read_dead_letters(s)),
+        reasons=reason or (),
+        since=_since(since),
+        origin_topic=origin,
+    )
+    if as_json:
+        typer.echo(json.dumps([d.summary() for d in letters]))
+        return
+    table = Table("ref", "rejected at", "reason", "origin", "bytes", "detail")
+    for d in letters:
+        row = d.summary()
+        table.add_row(
+            row["ref"],
+            row["rejected_at"],
+            row["reason"],
+            row["origin"],
+            str(row["bytes"]),
+            row["detail"],
+        )
+    out.print(table)
+    counts = Counter(d.headers.reason.value for d in letters)
+    out.print(
+        f"{len(letters)} dead letters" + "".join(f", {r} {n}" for r, n in sorted(counts.items()))
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(
+    ref: Annotated[
+        str, typer.Argument(help="partition:offset on the dead-letter topic (from `dlq list`)")
+    ],
+    reveal: Annotated[
+        bool, typer.Option(help="Print the payload as received, personal data included")
+    ] = False,
+) -> None:
+    """One dead letter: its headers and its payload, personal fields redacted."""
+    from ops.dlq import read_dead_letters, select
+
+    s = settings()
+    found = select(run(lambda: read_dead_letters(s)), refs=[ref])
+    if not found:
+        typer.echo(f"no dead letter {ref} on {s.topic_rejected}", err=True)
+        raise typer.Exit(1)
+    letter = found[0]
+    shown: dict[str, object] = {**letter.summary()}
+    if reveal:
+        shown["payload"] = (letter.value or b"").decode("utf-8", "backslashreplace")
+    else:
+        shown.update(letter.redacted())
+    typer.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Reasons = None,
+    since: Since = None,
+    origin: Origin = None,
+    ref: Annotated[
+        list[str] | None, typer.Option("--ref", help="Only this dead letter (repeatable)")
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Replay every dead letter (no filter)")
+    ] = False,
+    again: Annotated[bool, typer.Option(help="Also those replayed before")] = False,
+) -> None:
+    """Send selected dead letters back through validation (e.g. after a rule was fixed).
+
+    Each is replayed once unless --again; a submission already stored is recognised by its
+    id, so repeating a replay never counts anyone twice.
+    """
+    from ops.dlq import ReplayResult, read_dead_letters, replay, select
+    from runtime.progress import progress_bar
+
+    if not (reason or since or origin or ref or every):
+        typer.echo("choose what to replay: --reason, --since, --origin, --ref or --all", err=True)
+        raise typer.Exit(2)
+    s = settings()
+
+    async def go(pool: asyncpg.Pool) -> tuple[int, ReplayResult]:
+        letters = select(
+            await read_dead_letters(s), reasons=reason or (), since=_since(since),
+            origin_topic=origin, refs=ref or (),
+        )  # fmt: skip
+        with progress_bar(out) as bar:
+            task = bar.add_task("replaying", total=len(letters))
+            result = await replay(s, pool, letters, again=again, progress=lambda: bar.advance(task))
+        return len(letters), result
+
+    selected, result = run(lambda: _with_pool(s, go))
+    out.print(
+        f"{selected} selected: {result.replayed} replayed to {s.topic_submitted}, "
+        f"{result.already_replayed} replayed before (use --again), {result.empty} empty"
+    )
 
 
 @app.command()

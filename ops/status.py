@@ -1,0 +1,233 @@
+"""`signatures status`: is it keeping up, is anything rejected and why, are the totals right.
+
+One snapshot of the consumer groups (committed offset, high watermark and lag per
+partition), recent rates (from two snapshots of the offsets), the dead letters by
+reason, and per campaign the published total, its age and the database's count, with
+drift flagged. Nothing here reads a name or an email.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from rich.table import Table
+
+from runtime.campaigns import counted_rows, read_totals
+from runtime.kafka import read_to_end
+from runtime.offsets import PartitionLag, group_lag
+from runtime.settings import Settings
+from runtime.totals_feed import read_published_totals
+from schemas.events import DeadLetterHeaders
+
+
+@dataclass(frozen=True)
+class CampaignLine:
+    campaign: str
+    status: str
+    rows: int  # COUNT(*) of its signatures
+    total: int  # campaign_totals, kept by the persist workers
+    version: int
+    published_total: int | None
+    published_version: int | None
+    published_age_s: float | None
+
+    @property
+    def drift(self) -> int:
+        """Rows the stored total disagrees with: never anything but 0 unless tampered."""
+        return self.total - self.rows
+
+    @property
+    def unpublished_versions(self) -> int:
+        return self.version - (self.published_version or 0)
+
+
+@dataclass(frozen=True)
+class Rates:
+    seconds: float
+    submitted_per_s: float  # new records on the input topic
+    persisted_per_s: float  # records committed by the persist group
+
+
+@dataclass
+class Status:
+    at: datetime
+    partitions: list[PartitionLag]
+    rates: Rates | None
+    dead_letters: dict[str, int]
+    last_dead_letter_at: datetime | None
+    campaigns: list[CampaignLine] = field(default_factory=list)
+
+    @property
+    def lag(self) -> dict[str, int]:
+        lag: Counter[str] = Counter()
+        for p in self.partitions:
+            lag[p.group] += p.lag
+        return dict(lag)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(c.drift for c in self.campaigns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "lag": self.lag,
+            "partitions": [{**asdict(p), "lag": p.lag} for p in self.partitions],
+            "rates": asdict(self.rates) if self.rates else None,
+            "dead_letters": self.dead_letters,
+            "last_dead_letter_at": (
+                self.last_dead_letter_at.isoformat() if self.last_dead_letter_at else None
+            ),
+            "campaigns": [
+                {**asdict(c), "drift": c.drift, "unpublished_versions": c.unpublished_versions}
+                for c in self.campaigns
+            ],
+            "healthy": self.healthy,
+        }
+
+
+async def _partitions(settings: Settings) -> list[PartitionLag]:
+    persist, count = await asyncio.gather(
+        group_lag(settings, settings.persist_group, settings.topic_submitted),
+        group_lag(settings, settings.count_group, settings.topic_accepted),
+    )
+    return [*persist, *count]
+
+
+async def _dead_letters(settings: Settings) -> tuple[dict[str, int], datetime | None]:
+    reasons: Counter[str] = Counter()
+    last: datetime | None = None
+    for record in await read_to_end(settings, settings.topic_rejected, timeout=60):
+        try:
+            headers = DeadLetterHeaders.from_kafka(list(record.headers))
+        except ValueError:
+            reasons["(unreadable headers)"] += 1
+            continue
+        reasons[headers.reason.value] += 1
+        last = max(last, headers.rejected_at) if last else headers.rejected_at
+    return dict(sorted(reasons.items())), last
+
+
+async def _campaigns(settings: Settings, pool: asyncpg.Pool) -> list[CampaignLine]:
+    stored, rows, published = await asyncio.gather(
+        read_totals(pool), counted_rows(pool), read_published_totals(settings, timeout=60)
+    )
+    now = datetime.now(UTC)
+    lines = []
+    for totals in stored:
+        seen = published.get(totals.campaign)
+        lines.append(
+            CampaignLine(
+                campaign=totals.campaign,
+                status=totals.status,
+                rows=rows.get(totals.campaign, 0),
+                total=totals.total,
+                version=totals.version,
+                published_total=seen.total if seen else None,
+                published_version=seen.version if seen else None,
+                published_age_s=(now - seen.updated_at).total_seconds() if seen else None,
+            )
+        )
+    return lines
+
+
+def _rates(
+    before: list[PartitionLag], after: list[PartitionLag], seconds: float, group: str
+) -> Rates:
+    def total(snapshot: list[PartitionLag], group: str, attr: str) -> int:
+        return sum(getattr(p, attr) for p in snapshot if p.group == group)
+
+    return Rates(
+        seconds=round(seconds, 2),
+        submitted_per_s=round(
+            (total(after, group, "high_watermark") - total(before, group, "high_watermark"))
+            / seconds,
+            1,
+        ),
+        persisted_per_s=round(
+            (total(after, group, "committed") - total(before, group, "committed")) / seconds, 1
+        ),
+    )
+
+
+async def collect(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    previous: Status | None = None,
+    sample_s: float = 1.0,
+) -> Status:
+    """A snapshot; rates come from `previous`, or from a second look `sample_s` later."""
+    started = time.monotonic()
+    partitions = await _partitions(settings)
+    rates = None
+    if previous is not None:
+        elapsed = (datetime.now(UTC) - previous.at).total_seconds()
+        rates = _rates(previous.partitions, partitions, elapsed, settings.persist_group)
+    elif sample_s > 0:
+        await asyncio.sleep(max(sample_s - (time.monotonic() - started), 0))
+        first, partitions = partitions, await _partitions(settings)
+        rates = _rates(first, partitions, time.monotonic() - started, settings.persist_group)
+    (dead, last), campaigns = await asyncio.gather(
+        _dead_letters(settings), _campaigns(settings, pool)
+    )
+    return Status(datetime.now(UTC), partitions, rates, dead, last, campaigns)
+
+
+def render(status: Status) -> list[Table]:
+    """The screen for the person on call: groups, rates, dead letters, campaigns."""
+    groups = Table(title="consumer groups", title_justify="left")
+    for column in ("group", "topic", "partition", "committed", "high watermark", "lag"):
+        groups.add_column(column, justify="right" if column != "group" else "left")
+    for p in status.partitions:
+        groups.add_row(
+            p.group, p.topic, str(p.partition), f"{p.committed:,}", f"{p.high_watermark:,}",
+            _lag(p.lag),
+        )  # fmt: skip
+    summary = Table(title="throughput and dead letters", title_justify="left", show_header=False)
+    summary.add_column()
+    summary.add_column(justify="right")
+    for group, lag in status.lag.items():
+        summary.add_row(f"lag of {group}", _lag(lag))
+    if status.rates:
+        r = status.rates
+        summary.add_row(f"submitted (last {r.seconds:g} s)", f"{r.submitted_per_s:,.1f}/s")
+        summary.add_row(f"persisted (last {r.seconds:g} s)", f"{r.persisted_per_s:,.1f}/s")
+    for reason, n in status.dead_letters.items():
+        summary.add_row(f"dead letters: {reason}", f"{n:,}")
+    if not status.dead_letters:
+        summary.add_row("dead letters", "none")
+    elif status.last_dead_letter_at:
+        summary.add_row(
+            "last dead letter", status.last_dead_letter_at.isoformat(timespec="seconds")
+        )
+    campaigns = Table(title="campaigns", title_justify="left")
+    for column in ("campaign", "status", "published", "version", "age", "stored total", "rows",
+                   "check"):  # fmt: skip
+        campaigns.add_column(
+            column, justify="left" if column in ("campaign", "status") else "right"
+        )
+    for c in status.campaigns:
+        published = "-" if c.published_total is None else f"{c.published_total:,}"
+        age = "-" if c.published_age_s is None else f"{c.published_age_s:,.0f} s"
+        if c.drift:
+            check = f"[bold red]DRIFT {c.drift:+,}: run signatures reconcile[/]"
+        elif c.unpublished_versions:
+            check = f"[yellow]{c.unpublished_versions} version(s) not yet published[/]"
+        else:
+            check = "[green]ok[/]"
+        campaigns.add_row(
+            c.campaign, c.status, published, str(c.published_version or "-"), age,
+            f"{c.total:,}", f"{c.rows:,}", check,
+        )  # fmt: skip
+    return [groups, summary, campaigns]
+
+
+def _lag(lag: int) -> str:
+    return "[green]0[/]" if lag == 0 else f"[yellow]{lag:,}[/]"

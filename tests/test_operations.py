@@ -1,0 +1,155 @@
+"""The on-call tools against the real services: status, reconcile, dead-letter replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from consumers.service import WorkerKind, run_worker
+from ops.dlq import read_dead_letters, replay, select
+from ops.reconcile import reconcile
+from ops.status import collect
+from runtime.campaigns import counted_rows, create_campaign
+from runtime.cli import app
+from runtime.db import create_pool
+from runtime.settings import Settings, settings_env
+from runtime.totals_feed import read_published_totals
+from schemas.campaign import NewCampaign
+from tests.helpers import CAMPAIGN, encode, produce, submission
+
+pytestmark = pytest.mark.integration
+
+LATER = NewCampaign(slug="later", title="Later", target="Someone", goal=10)
+
+
+async def drain(settings: Settings) -> None:
+    for kind in (WorkerKind.PERSIST, WorkerKind.COUNT):
+        await asyncio.wait_for(run_worker(kind, settings, asyncio.Event(), drain=True), 90)
+
+
+async def test_status_shows_lag_then_drift_and_reconcile_fixes_it(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    people = [submission() for _ in range(30)]
+    await produce(settings, encode([*people, submission(country="XX"), submission(email="x")]))
+
+    before = await collect(settings, pool, sample_s=0)
+    assert before.lag[settings.persist_group] == 32  # nothing consumed yet
+    await drain(settings)
+
+    after = await collect(settings, pool, sample_s=0)
+    assert after.lag == {settings.persist_group: 0, settings.count_group: 0}
+    assert after.dead_letters == {"invalid_country": 1, "invalid_email": 1}
+    [line] = after.campaigns
+    assert (line.rows, line.total, line.published_total, line.drift) == (30, 30, 30, 0)
+    assert after.healthy
+
+    # a row removed behind the pipeline's back
+    await pool.execute(
+        "DELETE FROM signatures WHERE submission_id = $1", people[0]["submission_id"]
+    )
+    [line] = (await collect(settings, pool, sample_s=0)).campaigns
+    assert (line.rows, line.total, line.drift) == (29, 30, 1)
+
+    [correction] = await reconcile(settings, pool)
+    assert correction.total == (30, 29)
+    assert correction.breakdown == {"country:IT": (30, 29), "source:web": (30, 29)}
+    assert correction.version == line.version + 1
+    fixed = await collect(settings, pool, sample_s=0)
+    [line] = fixed.campaigns
+    assert (line.rows, line.total, line.published_total, line.drift) == (29, 29, 29, 0)
+    assert line.published_version == correction.version
+    assert fixed.healthy
+    # nothing left to correct: a second run changes nothing and publishes nothing new
+    assert [c.changed for c in await reconcile(settings, pool)] == [False]
+
+
+async def test_reconcile_never_loses_what_workers_add_meanwhile(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    await produce(settings, encode([submission() for _ in range(200)]))
+    await pool.execute("UPDATE campaign_totals SET total = total + 7")  # drift to be fixed
+    workers = asyncio.create_task(drain(settings))
+    while not workers.done():  # reconcile repeatedly while the batches land
+        await reconcile(settings, pool)
+        await asyncio.sleep(0.05)
+    await workers
+    await reconcile(settings, pool)
+    await drain(settings)
+    assert (await counted_rows(pool))[CAMPAIGN.slug] == 200
+    assert await pool.fetchval("SELECT total FROM campaign_totals") == 200
+    assert (await read_published_totals(settings))[CAMPAIGN.slug].total == 200
+
+
+async def test_a_dead_letter_fixed_and_replayed_is_counted_exactly_once(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    early = [submission(campaign=LATER.slug) for _ in range(3)]
+    await produce(settings, encode([*early, submission(), submission(country="XX")]))
+    await drain(settings)
+    letters = select(await read_dead_letters(settings), reasons=["unknown_campaign"])
+    assert len(letters) == 3
+    assert all(d.redacted()["payload"]["email"].startswith("<redacted") for d in letters)
+
+    await create_campaign(pool, LATER)  # the rule that refused them is "fixed"
+    first = await replay(settings, pool, letters)
+    assert (first.replayed, first.already_replayed) == (3, 0)
+    repeated = await replay(settings, pool, letters)  # safe to repeat: nothing sent
+    assert (repeated.replayed, repeated.already_replayed) == (0, 3)
+    forced = await replay(settings, pool, letters, again=True)  # sent again: still once
+    assert forced.replayed == 3
+    await drain(settings)
+
+    assert (await counted_rows(pool))[LATER.slug] == 3
+    stored = {
+        str(r["submission_id"]) for r in await pool.fetch("SELECT submission_id FROM signatures")
+    }
+    assert {e["submission_id"] for e in early} <= stored
+    assert (await read_published_totals(settings))[LATER.slug].total == 3
+    assert len(select(await read_dead_letters(settings), reasons=["unknown_campaign"])) == 3
+
+
+@pytest.mark.slow
+def test_cli_status_dlq_and_reconcile(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+
+    async def prepare() -> None:
+        pool = await create_pool(settings.database_url, max_size=1)
+        try:
+            await create_campaign(pool, CAMPAIGN)
+        finally:
+            await pool.close()
+        secret = submission(first_name="Sentinella", email="sentinella.x@example.org")
+        await produce(settings, encode([submission(), {**secret, "country": "XX"}]))
+        await drain(settings)
+
+    asyncio.run(prepare())
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.output)
+    assert shown["lag"] == {settings.persist_group: 0, settings.count_group: 0}
+    assert shown["campaigns"][0]["rows"] == 1
+
+    listed = runner.invoke(app, ["dlq", "list", "--json"])
+    [letter] = json.loads(listed.output)
+    assert letter["reason"] == "invalid_country"
+    shown_letter = runner.invoke(app, ["dlq", "show", letter["ref"]])
+    for output in (listed.output, shown_letter.output):
+        assert "sentinella" not in output.casefold()
+    assert '"country": "XX"' in shown_letter.output
+    revealed = runner.invoke(app, ["dlq", "show", letter["ref"], "--reveal"])
+    assert "Sentinella" in revealed.output
+
+    assert runner.invoke(app, ["dlq", "replay"]).exit_code == 2  # nothing chosen
+    dry = runner.invoke(app, ["reconcile", "--dry-run", "--json"])
+    assert dry.exit_code == 0
+    assert json.loads(dry.output)[0]["changed"] is False
