@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+import consumers.metrics
+import ingest.metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +53,42 @@ def test_every_app_service_shares_one_configuration() -> None:
         assert f"\n  {service}" in text
     assert text.count("*signatures-env") >= 4
     assert "service_healthy" in text and "pg_isready" in text
+
+
+def test_monitoring_profile_is_valid() -> None:
+    done = compose_config(SIGNATURES_DEDUPE_SECRET="s" * 48, POSTGRES_PASSWORD="pw")
+    assert done.returncode == 0, done.stderr
+    binary = shutil.which("docker-compose")
+    assert binary
+    services = subprocess.run(
+        [binary, "--profile", "monitoring", "config", "--services"],
+        cwd=ROOT,
+        env={**os.environ, "SIGNATURES_DEDUPE_SECRET": "s" * 48, "POSTGRES_PASSWORD": "pw"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert {"prometheus", "grafana", "api", "persist", "counter"} <= set(services)
+
+
+def test_dashboard_and_scrape_config_name_only_real_metrics() -> None:
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    known = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        for suffix in suffixes.get(family.type, [])
+    }
+    dashboard = json.loads((ROOT / "monitoring/grafana/dashboards/signatures.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bsignatures_[a-z_]+", target["expr"])
+    }
+    assert consumers.metrics.RECORDS and ingest.metrics.SUBMISSIONS  # both registered
+    assert len(used) >= 10
+    assert used <= known, used - known
+    scrape = (ROOT / "monitoring/prometheus.yml").read_text()
+    for job in ("api", "persist", "counter"):
+        assert f"job_name: {job}" in scrape
