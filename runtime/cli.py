@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import asyncpg
@@ -517,6 +518,88 @@ def dlq_replay(
         f"{selected} selected: {result.replayed} replayed to {s.topic_submitted}, "
         f"{result.already_replayed} replayed before (use --again), {result.empty} empty"
     )
+
+
+@app.command("import")
+def import_(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A .csv or .ndjson file")
+    ],
+    campaign: Annotated[str, typer.Option(help="The campaign every line signs")],
+    name: Annotated[
+        str | None, typer.Option(help="Source name: import:<name> (default: from the file name)")
+    ] = None,
+) -> None:
+    """Import signatures from a file; refused lines are reported by number, field and reason.
+
+    Importing the same file again stores nobody twice. Exits 1 if any line was refused.
+    """
+    from ingest.importer import ImportResult, count_lines, import_file, refusal_report
+    from runtime.campaigns import campaign_statuses
+    from runtime.kafka import make_producer
+    from runtime.progress import progress_bar
+    from schemas.campaign import CampaignStatus
+
+    s = settings()
+    status = run(lambda: _with_pool(s, campaign_statuses)).get(campaign)
+    if status is not CampaignStatus.OPEN:
+        typer.echo(f"campaign {campaign} is {'closed' if status else 'unknown'}", err=True)
+        raise typer.Exit(2)
+    lines = count_lines(path) - (0 if path.suffix.lower() in (".ndjson", ".jsonl") else 1)
+
+    async def go() -> ImportResult:
+        producer = make_producer(s)
+        await producer.start()
+        try:
+            with progress_bar(out) as bar:
+                task = bar.add_task(f"importing {path.name}", total=max(lines, 0))
+                return await import_file(
+                    producer, s.topic_submitted, path, campaign=campaign, name=name,
+                    progress=lambda n: bar.advance(task, n),
+                )  # fmt: skip
+        finally:
+            await producer.stop()
+
+    result = run(go)
+    out.print(
+        f"{result.lines:,} lines: {result.sent:,} sent to {s.topic_submitted}, "
+        f"{len(result.refused):,} refused"
+    )
+    if result.refused:
+        typer.echo(refusal_report(result), err=True, nl=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    campaign: Annotated[str, typer.Option(help="The campaign to export")],
+    output: Annotated[Path, typer.Option("--out", help="CSV file to write ('-': stdout)")] = Path(
+        "-"
+    ),
+) -> None:
+    """The campaign's signatures as CSV for its target: names, country, date; never emails."""
+    from ops.export import count_signatures, export_csv
+    from runtime.progress import progress_bar
+
+    s = settings()
+    console = Console(stderr=True)
+
+    async def go(pool: asyncpg.Pool) -> int:
+        total = await count_signatures(pool, campaign)
+        with contextlib.ExitStack() as stack:
+            target = (
+                sys.stdout
+                if str(output) == "-"
+                else stack.enter_context(output.open("w", encoding="utf-8", newline=""))
+            )
+            with progress_bar(console) as bar:
+                task = bar.add_task(f"exporting {campaign}", total=total)
+                return await export_csv(
+                    pool, campaign, target, progress=lambda n: bar.advance(task, n)
+                )
+
+    written = run(lambda: _with_pool(s, go))
+    console.print(f"{written:,} signatures of {campaign} exported")
 
 
 @app.command()
