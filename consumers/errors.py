@@ -37,3 +37,12 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
+
+
+def service_of(exc: BaseException) -> str:
+    """Which service a transient error came from, for metrics: database, broker or other."""
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "database"
+    if isinstance(exc, KafkaError):
+        return "broker"
+    return "other"

@@ -18,7 +18,8 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from consumers.errors import is_transient
+from consumers import metrics
+from consumers.errors import is_transient, service_of
 from runtime.failpoints import failpoint
 from runtime.logs import get_logger
 
@@ -99,6 +100,7 @@ class Runner:
             batch = await self._consumer.getmany(
                 timeout_ms=self._timeout_ms, max_records=self._max_records
             )
+            await self._observe_lag()
             if not batch:
                 if self._drain and await self._caught_up():
                     break
@@ -110,6 +112,17 @@ class Runner:
                 failpoint(f"{self._handler.name}.before_offset_commit")
                 await self._commit(batch)
         return self.stats
+
+    async def _observe_lag(self) -> None:
+        """Records behind each assigned partition's high watermark, from the last fetch."""
+        name = self._handler.name
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                position = await self._consumer.position(tp)
+                metrics.LAG.labels(name, tp.topic, str(tp.partition)).set(
+                    max(highwater - position, 0)
+                )
 
     async def _caught_up(self) -> bool:
         """Every assigned partition read up to its high watermark (from the last fetch)."""
@@ -133,6 +146,9 @@ class Runner:
                 if not is_transient(exc):
                     raise
                 self.stats.retries += 1
+                metrics.RETRIES.labels(
+                    self._handler.name, service_of(exc), type(exc).__name__
+                ).inc()
                 log.warning(
                     "batch_retry",
                     handler=self._handler.name,
@@ -150,6 +166,7 @@ class Runner:
             self.stats.records += len(records)
             for key, value in outcome.items():
                 self.stats.outcomes[key] = self.stats.outcomes.get(key, 0) + value
+            _observe_batch(self._handler.name, len(records), time.perf_counter() - started, outcome)
             log.info(
                 "batch",
                 handler=self._handler.name,
@@ -173,3 +190,18 @@ class Runner:
             log.warning("commit_failed_after_rebalance", error=type(exc).__name__)
         except KafkaError as exc:
             log.warning("commit_failed", error=type(exc).__name__)
+
+
+_OUTCOMES = ("inserted", "duplicates", "redelivered", "dead_lettered", "published")
+
+
+def _observe_batch(worker: str, records: int, seconds: float, outcome: Mapping[str, int]) -> None:
+    metrics.RECORDS.labels(worker).inc(records)
+    metrics.BATCH_SIZE.labels(worker).observe(records)
+    metrics.BATCH_SECONDS.labels(worker).observe(seconds)
+    for key in _OUTCOMES:
+        if outcome.get(key):
+            metrics.OUTCOMES.labels(worker, key).inc(outcome[key])
+    for key, value in outcome.items():
+        if key.startswith("rejected_") and value:
+            metrics.DEAD_LETTERS.labels(worker, key.removeprefix("rejected_")).inc(value)

@@ -138,8 +138,23 @@ def worker(
         install_stop_signals(stop)
         await run_worker(WorkerKind(kind.value), s, stop, drain=drain)
 
+    serve_worker_metrics(s, kind.value)
     tune_gc_for_throughput()
     run(go)
+
+
+def serve_worker_metrics(s: Settings, worker: str) -> None:
+    """/metrics of a worker on its own port, in a thread (SIGNATURES_METRICS_PORT)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(s.metrics_port, addr=s.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"SIGNATURES_METRICS_PORT: cannot listen on {s.metrics_host}:{s.metrics_port} "
+            f"({exc.strerror})"
+        ) from None
+    log.info("metrics_listening", worker=worker, host=s.metrics_host, port=server.server_port)
 
 
 @app.command()

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 3_000
     shutdown_grace_s: Annotated[float, Field(gt=0, le=600)] = 20.0
     totals_poll_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0  # workers; 0: any free port
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
