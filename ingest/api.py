@@ -176,10 +176,13 @@ def create_app(settings: Settings) -> ASGIApp:
                     checks["database"] = "ok" if await schema_is_current(conn) else "not_migrated"
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             checks["database"] = "unreachable"
-        try:
+        try:  # a fresh metadata request: cached metadata would hide an outage
             async with asyncio.timeout(2):
-                partitions = await st.producer.partitions_for(st.topics.submitted)
-            checks["broker"] = "ok" if partitions else "topic_missing"
+                reached = await st.producer.client.force_metadata_update()
+            partitions = st.producer.client.cluster.partitions_for_topic(st.topics.submitted)
+            checks["broker"] = (
+                "unreachable" if not reached else "ok" if partitions else "topic_missing"
+            )
         except (KafkaError, TimeoutError):
             checks["broker"] = "unreachable"
         ready = all(v == "ok" for v in checks.values())

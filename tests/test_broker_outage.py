@@ -1,4 +1,5 @@
-"""While the broker does not answer, the API says 503, never 202; afterwards it recovers."""
+"""While the broker does not answer, the API says 503, never 202, and is not ready;
+afterwards it recovers."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ async def own_broker() -> AsyncIterator[EmbeddedBroker]:
         await asyncio.to_thread(broker.stop)
 
 
+async def fresh_get(url: str) -> httpx.Response:
+    """On a new connection: the pooled ones may have idled out during the outage."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(url)
+
+
 async def test_paused_broker_means_503_then_recovery(
     database_url: str, pool: asyncpg.Pool, own_broker: EmbeddedBroker
 ) -> None:
@@ -63,6 +70,9 @@ async def test_paused_broker_means_503_then_recovery(
                 "errors": [{"field": "(service)", "reason": "broker_unavailable"}]
             }
             assert answers[0].headers["retry-after"] == "2"
+            ready = await fresh_get(f"http://127.0.0.1:{port}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"database": "ok", "broker": "unreachable"}
             own_broker.resume()
             # The client retries the same submission (same id: the idempotency key) until 202.
             again = body()
@@ -76,6 +86,9 @@ async def test_paused_broker_means_503_then_recovery(
                     break
                 await asyncio.sleep(0.5)
             assert status == 202
+            ready = await fresh_get(f"http://127.0.0.1:{port}/readyz")
+            assert ready.status_code == 200
+            assert ready.json() == {"ready": True, "checks": {"database": "ok", "broker": "ok"}}
     finally:
         own_broker.resume()
         server.should_exit = True
