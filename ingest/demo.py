@@ -19,15 +19,6 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ingest.loadgen import Generated, Kind, generate, submission_message
@@ -35,6 +26,7 @@ from ingest.seed import SEED_CAMPAIGN
 from runtime.campaigns import CampaignExists, counted_rows, create_campaign
 from runtime.db import create_pool
 from runtime.kafka import OutgoingRecord, make_producer, produce_many, read_to_end
+from runtime.progress import progress_bar
 from runtime.settings import Settings
 from runtime.supervisor import running_stack
 from runtime.totals_feed import read_published_totals
@@ -51,31 +43,16 @@ class Outcome:
     dead_letter_keys: set[bytes] = field(default_factory=set)
 
 
-def progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-
-
 async def post_all(url: str, items: list[Generated], concurrency: int, console: Console) -> Outcome:
     outcome = Outcome()
     queue: asyncio.Queue[Generated] = asyncio.Queue()
     for item in items:
         queue.put_nowait(item)
-    started = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     headers = {"content-type": "application/json"}
     with progress_bar(console) as progress:
-        task = progress.add_task("submitting", total=len(items), rate="0")
+        task = progress.add_task("submitting", total=len(items))
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
             async def sender() -> None:
@@ -94,9 +71,7 @@ async def post_all(url: str, items: list[Generated], concurrency: int, console: 
                             outcome.refused[answer["errors"][0]["reason"]] += 1
                         else:
                             outcome.failed[f"http_{response.status}"] += 1
-                    done = len(items) - queue.qsize()
-                    rate = done / max(time.perf_counter() - started, 1e-6)
-                    progress.update(task, completed=done, rate=f"{rate:,.0f}")
+                    progress.advance(task)
 
             await asyncio.gather(*(sender() for _ in range(concurrency)))
     return outcome

@@ -229,6 +229,7 @@ def bench(
 ) -> None:
     """Measure throughput, latency and memory on this machine, against baselines, in one run."""
     from bench.run import BenchOptions, report, run_bench
+    from runtime.progress import progress_bar
 
     s = settings().with_local_secret()
     options = BenchOptions(
@@ -237,11 +238,20 @@ def bench(
     log_dir = s.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True)
+    steps = 6 if memory_count else 5  # data, drain, naive, COPY, surge, memory
 
-    def say(step: str) -> None:
-        err.print(f"[dim]bench:[/] {step}")
+    with progress_bar(err) as bar:
+        task = bar.add_task("bench", total=steps)
 
-    figures = run(lambda: run_bench(s, options, log_dir, say))
+        def say(step: str) -> None:
+            if bar.disable:  # piped: one line per step
+                err.print(f"bench: {step}")
+            else:
+                started = bar.tasks[0].description != "bench"
+                bar.update(task, description=f"bench: {step}", advance=1 if started else 0)
+
+        figures = run(lambda: run_bench(s, options, log_dir, say))
+        bar.update(task, completed=steps)
     if as_json:
         typer.echo(json.dumps(figures))
     else:
