@@ -8,7 +8,14 @@ from typing import Any
 import asyncpg
 
 from runtime.db import Queryable
-from schemas.campaign import Campaign, CampaignStatus, NewCampaign
+from schemas.campaign import (
+    Campaign,
+    CampaignChanges,
+    CampaignStatus,
+    CampaignUpdate,
+    NewCampaign,
+    NewCampaignUpdate,
+)
 from schemas.events import CampaignTotals
 
 
@@ -106,3 +113,57 @@ async def counted_rows(conn: Queryable) -> dict[str, int]:
         "LEFT JOIN signatures s ON s.campaign = c.slug GROUP BY c.slug"
     )
     return {row["slug"]: int(row["n"]) for row in rows}
+
+
+async def get_campaign(conn: Queryable, slug: str) -> Campaign | None:
+    row = await conn.fetchrow("SELECT * FROM campaigns WHERE slug = $1", slug)
+    return Campaign.model_validate(dict(row)) if row else None
+
+
+async def update_campaign(pool: asyncpg.Pool, slug: str, changes: CampaignChanges) -> Campaign:
+    """Change title, target, goal or description; the totals version moves on (goal)."""
+    values = changes.model_dump(exclude_none=True)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE campaigns SET title = coalesce($2, title), target = coalesce($3, target),
+                      goal = coalesce($4, goal), description = coalesce($5, description)
+               WHERE slug = $1 RETURNING *""",
+            slug,
+            values.get("title"),
+            values.get("target"),
+            values.get("goal"),
+            values.get("description"),
+        )
+        if row is None:
+            raise UnknownCampaign(slug)
+        await conn.execute(
+            "UPDATE campaign_totals SET version = version + 1, updated_at = now() "
+            "WHERE campaign = $1",
+            slug,
+        )
+    return Campaign.model_validate(dict(row))
+
+
+async def post_update(pool: asyncpg.Pool, slug: str, update: NewCampaignUpdate) -> CampaignUpdate:
+    try:
+        row = await pool.fetchrow(
+            """INSERT INTO campaign_updates (campaign, posted_on, title, body)
+               VALUES ($1, $2, $3, $4) RETURNING id, campaign, posted_on, title, body""",
+            slug,
+            update.posted_on,
+            update.title,
+            update.body,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise UnknownCampaign(slug) from None
+    assert row is not None  # noqa: S101 - INSERT … RETURNING returns the row
+    return CampaignUpdate.model_validate(dict(row))
+
+
+async def list_updates(conn: Queryable, slug: str) -> list[CampaignUpdate]:
+    rows = await conn.fetch(
+        """SELECT id, campaign, posted_on, title, body FROM campaign_updates
+           WHERE campaign = $1 ORDER BY posted_on DESC, id DESC""",
+        slug,
+    )
+    return [CampaignUpdate.model_validate(dict(row)) for row in rows]

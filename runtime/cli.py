@@ -15,6 +15,7 @@ from typing import Annotated, TypeVar
 
 import asyncpg
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -287,6 +288,71 @@ def campaign_create(
         typer.echo(f"campaign {slug} already exists", err=True)
         raise typer.Exit(1) from None
     out.print(f"created campaign {created.slug} (goal {created.goal:,})")
+
+
+@campaign_app.command("update")
+def campaign_update(
+    slug: Annotated[str, typer.Option(help="The campaign")],
+    title: Annotated[str | None, typer.Option()] = None,
+    target: Annotated[str | None, typer.Option(help="Who the petition is addressed to")] = None,
+    goal: Annotated[int | None, typer.Option(help="Signature goal")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Change a campaign's title, target, goal or description (shown on its page)."""
+    from runtime.campaigns import UnknownCampaign, update_campaign
+    from schemas.campaign import CampaignChanges
+
+    changes = _validated(
+        CampaignChanges, title=title, target=target, goal=goal, description=description
+    )
+    s = settings()
+    try:
+        updated = run(lambda: _with_pool(s, lambda pool: update_campaign(pool, slug, changes)))
+    except UnknownCampaign:
+        typer.echo(f"no campaign {slug}", err=True)
+        raise typer.Exit(1) from None
+    out.print(f"updated campaign {updated.slug}: {updated.title} (goal {updated.goal:,})")
+
+
+@campaign_app.command("post-update")
+def campaign_post_update(
+    slug: Annotated[str, typer.Option(help="The campaign")],
+    title: Annotated[str, typer.Option(help="Headline of the update")],
+    body: Annotated[str, typer.Option(help="Text of the update (plain text)")],
+    posted_on: Annotated[
+        datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="Default: today")
+    ] = None,
+) -> None:
+    """Add a dated update to a campaign's page."""
+    from runtime.campaigns import UnknownCampaign, post_update
+    from schemas.campaign import NewCampaignUpdate
+
+    day = (posted_on or datetime.now(UTC)).date()
+    update = _validated(NewCampaignUpdate, posted_on=day, title=title, body=body)
+    s = settings()
+    try:
+        posted = run(lambda: _with_pool(s, lambda pool: post_update(pool, slug, update)))
+    except UnknownCampaign:
+        typer.echo(f"no campaign {slug}", err=True)
+        raise typer.Exit(1) from None
+    out.print(f"posted update {posted.id} to {slug} ({posted.posted_on.isoformat()})")
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def _validated(model: type[M], **values: object) -> M:
+    """The model, or one line per bad option naming it, and exit 2."""
+    from pydantic import ValidationError
+
+    from schemas.submission import field_errors
+
+    try:
+        return model.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        for error in field_errors(exc):
+            typer.echo(f"--{error.field.replace('_', '-')}: {error.reason.value}", err=True)
+        raise typer.Exit(2) from None
 
 
 @campaign_app.command("list")

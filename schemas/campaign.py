@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,3 +29,29 @@ class Campaign(NewCampaign):
     status: CampaignStatus
     created_at: datetime
     closed_at: datetime | None = None
+
+
+class CampaignChanges(BaseModel):
+    """What `signatures campaign update` may change; unset fields stay as they are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    target: str | None = Field(default=None, min_length=1, max_length=200)
+    goal: int | None = Field(default=None, gt=0, le=1_000_000_000)
+    description: str | None = Field(default=None, max_length=20_000)
+
+
+class NewCampaignUpdate(BaseModel):
+    """A dated update of a campaign, shown on its page (newest first)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    posted_on: date
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=20_000)
+
+
+class CampaignUpdate(NewCampaignUpdate):
+    id: int
+    campaign: Slug
