@@ -22,6 +22,7 @@ from consumers.errors import TRANSIENT
 from consumers.runner import Record
 from consumers.validate import Rejection
 from runtime.campaigns import read_totals, totals_versions
+from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
 from runtime.logs import get_logger
 from runtime.topics import Topics
@@ -67,6 +68,7 @@ class CountHandler:
                 for t in await read_totals(self._pool, campaigns)
                 if t.version != self._published.get(t.campaign)
             ]
+            failpoint("count.before_publish")
             futures = [
                 await self._producer.send(
                     self._topics.totals,

@@ -25,6 +25,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # connection closed underneath a query
+    # The client's protocol state after the server dropped the connection mid-operation
+    # (raised by the pool's reset on release, which then discards that connection).
+    asyncpg.InternalClientError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.CannotConnectNowError,
