@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from consumers import metrics
 from consumers.deadletters import dead_letter
 from consumers.errors import TRANSIENT
 from consumers.runner import Record
@@ -78,8 +80,11 @@ class CountHandler:
                 for t in totals
             ]
             await asyncio.gather(*futures)
+            now = datetime.now(UTC)
             for t in totals:
                 self._published[t.campaign] = t.version
+                metrics.TOTALS_DELAY.observe(max((now - t.updated_at).total_seconds(), 0.0))
+            metrics.OUTCOMES.labels(self.name, "published").inc(len(totals))
             return len(totals)
 
     async def poll_forever(self, interval_s: float, stop: asyncio.Event) -> None:

@@ -78,17 +78,7 @@ async def run_worker(
                 drain=drain,
             )
             log.info("worker_started", worker=kind.value, group=group, topic=topic)
-            task = asyncio.create_task(runner.run())
-            stop_wait = asyncio.create_task(stop.wait())
-            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                done, _ = await asyncio.wait({task}, timeout=settings.shutdown_grace_s)
-                if not done:
-                    log.warning("grace_period_over", worker=kind.value)
-                    task.cancel()
-            stop_wait.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _run_until_stopped(runner, stop, poller, settings.shutdown_grace_s, kind)
             if kind is WorkerKind.COUNT and drain:
                 await counter.publish_changed()
             log.info(
@@ -96,6 +86,7 @@ async def run_worker(
                 worker=kind.value,
                 batches=runner.stats.batches,
                 records=runner.stats.records,
+                outcomes=runner.stats.outcomes,
             )
             return runner.stats
         finally:
@@ -106,3 +97,28 @@ async def run_worker(
             await poller
         await producer.stop()
         await pool.close()
+
+
+async def _run_until_stopped(
+    runner: Runner,
+    stop: asyncio.Event,
+    poller: asyncio.Task[None] | None,
+    grace_s: float,
+    kind: WorkerKind,
+) -> None:
+    """Run until done or stopped; then the batch in flight gets the grace period."""
+    task = asyncio.create_task(runner.run())
+    stop_wait = asyncio.create_task(stop.wait())
+    watched = {task, stop_wait} | ({poller} if poller is not None else set())
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    if poller is not None and poller.done() and not stop.is_set():
+        log.error("totals_poll_died", worker=kind.value)
+        stop.set()  # stop now; awaiting the poller afterwards raises its error
+    if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=grace_s)
+        if not done:
+            log.warning("grace_period_over", worker=kind.value)
+            task.cancel()
+    stop_wait.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -531,3 +531,16 @@ async def test_counter_killed_before_publishing_leaves_totals_exact(
     await stop_cleanly(persist, fresh)
     assert await pool.fetchval("SELECT duplicates FROM campaign_totals") == 30
     assert await check(settings, pool, history, logs=workers.logs) == []
+
+
+async def test_counter_whose_safety_net_fails_stops_loudly(
+    settings: Settings, pool: asyncpg.Pool, workers: Workers
+) -> None:
+    """A bug in the totals poll must not leave a counter running without it."""
+    counter = await workers.start(
+        "count", "count-broken-poll", settings, failpoints="count.before_publish=raise"
+    )
+    await counter.wait_for("partitions_assigned")
+    await create_campaign(pool, CAMPAIGN)  # the next poll finds a version to publish
+    assert await counter.exit_code(timeout=60) == 1
+    assert counter.lines("totals_poll_died")
