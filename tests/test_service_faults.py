@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+import uvicorn
 from aiokafka import TopicPartition
 
 from consumers.errors import is_transient
+from ingest.api import create_app
 from runtime.broker import free_port
 from runtime.campaigns import counted_rows, create_campaign, totals_versions
 from runtime.db import apply_migrations, create_pool, database_name
@@ -544,3 +547,39 @@ async def test_counter_whose_safety_net_fails_stops_loudly(
     await create_campaign(pool, CAMPAIGN)  # the next poll finds a version to publish
     assert await counter.exit_code(timeout=60) == 1
     assert counter.lines("totals_poll_died")
+
+
+async def test_api_is_not_ready_while_the_database_is_down(
+    private_postgres: PrivatePostgres, private_database_url: str, kafka_bootstrap: str
+) -> None:
+    settings = make_settings(private_database_url, kafka_bootstrap)
+    await ensure_topics(settings, kafka_bootstrap)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            return await client.get(path)
+
+    try:
+        async with asyncio.timeout(15):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        assert (await get("/readyz")).status_code == 200
+        await asyncio.to_thread(private_postgres.stop, "fast")
+        try:
+            down = await get("/readyz")
+            assert down.status_code == 503
+            assert down.json()["checks"] == {"database": "unreachable", "broker": "ok"}
+            assert (await get("/healthz")).status_code == 200  # alive, just not ready
+        finally:
+            await asyncio.to_thread(private_postgres.start)
+        async with asyncio.timeout(30):  # the pool reconnects by itself
+            while (await get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.5)
+    finally:
+        server.should_exit = True
+        await serving
