@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -60,7 +61,8 @@ class PersistHandler:
         decoded = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             statuses = await campaign_statuses(conn)
-            rows: list[StagingRow] = []
+            firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
+            repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
             for record, submission in valid:
                 status = statuses.get(submission.campaign)
                 if status is None:
@@ -72,8 +74,11 @@ class PersistHandler:
                         (record, Rejection(Reason.CAMPAIGN_CLOSED, "campaign: campaign_closed"))
                     )
                 else:
-                    rows.append(self._row(submission))
-            result = await write_batch(conn, rows)
+                    row = self._row(submission)
+                    if firsts.setdefault(row[0], (record, row))[1] is not row:
+                        repeats.append((record, row))
+            result = await write_batch(conn, [row for _, row in firsts.values()])
+            rejected.extend(_reused(firsts, repeats, result.reused))
             failpoint("persist.before_db_commit")
         failpoint("persist.after_db_commit")
         stored = time.perf_counter()
@@ -120,6 +125,28 @@ class PersistHandler:
             s.submitted_at,
             s.received_at,
         )
+
+
+_REUSED = Rejection(Reason.SUBMISSION_ID_REUSED, "submission_id: submission_id_reused")
+
+
+def _reused(
+    firsts: dict[UUID, tuple[Record, StagingRow]],
+    repeats: list[tuple[Record, StagingRow]],
+    stored_elsewhere: dict[UUID, tuple[str, bytes]],
+) -> list[tuple[Record, Rejection]]:
+    """The records whose submission id belongs to another signer or campaign.
+
+    An id belongs to the row already stored under it, else to its first record in the
+    batch. A repeat with the owner's campaign and dedupe key is a redelivery: nothing to do.
+    """
+    owners = {sid: (row[1], row[2]) for sid, (_, row) in firsts.items()}
+    owners.update(stored_elsewhere)
+    refused = [(firsts[sid][0], _REUSED) for sid in stored_elsewhere]
+    refused.extend(
+        (record, _REUSED) for record, row in repeats if owners[row[0]] != (row[1], row[2])
+    )
+    return refused
 
 
 def _accepted(signature: StoredSignature, now: str, version: int) -> OutgoingRecord:

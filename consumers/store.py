@@ -64,6 +64,9 @@ class BatchResult:
     inserted: list[StoredSignature] = field(default_factory=list)
     already_stored: list[StoredSignature] = field(default_factory=list)  # redelivered
     duplicates: int = 0  # same person again, under a new submission id
+    # ids already stored for another person or campaign, with the stored row's campaign and
+    # dedupe key: these rows are neither stored nor counted
+    reused: dict[UUID, tuple[str, bytes]] = field(default_factory=dict)
     # per campaign, a version of its totals that counts every signature above
     versions: dict[str, int] = field(default_factory=dict)
 
@@ -80,7 +83,7 @@ RETURNING id, submission_id
 """
 
 _ALREADY_STORED = """
-SELECT id, submission_id, campaign, country, source, submitted_at
+SELECT id, submission_id, campaign, email_hash, country, source, submitted_at
 FROM signatures WHERE submission_id = ANY($1::uuid[])
 """
 
@@ -121,7 +124,11 @@ def _stored(row: asyncpg.Record) -> StoredSignature:
 
 
 async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
-    """Insert what is new, count what is a duplicate; the caller owns the transaction."""
+    """Insert what is new, count what is a duplicate; the caller owns the transaction.
+
+    `rows` must have distinct submission ids. A submission id already stored with the same
+    campaign and dedupe key is a redelivery (nothing changes); with another, it is reused.
+    """
     result = BatchResult()
     if not rows:
         return result
@@ -136,10 +143,12 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
     inserted_ids = {s.submission_id for s in result.inserted}
     leftovers = {sid: row for sid, row in by_id.items() if sid not in inserted_ids}
     if leftovers:
-        stored = await conn.fetch(_ALREADY_STORED, list(leftovers))
-        result.already_stored = [_stored(row) for row in stored]
-        for signature in result.already_stored:
-            leftovers.pop(signature.submission_id, None)
+        for stored in await conn.fetch(_ALREADY_STORED, list(leftovers)):
+            row = leftovers.pop(stored["submission_id"])
+            if (stored["campaign"], stored["email_hash"]) == (row[1], row[2]):
+                result.already_stored.append(_stored(stored))
+            else:
+                result.reused[row[0]] = (stored["campaign"], stored["email_hash"])
     new_duplicates: Counter[str] = Counter()
     if leftovers:
         dupes = list(leftovers.values())

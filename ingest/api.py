@@ -7,7 +7,6 @@ duplicate signer gets exactly the answer a first-time signer gets; dedupe happen
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.edge import EdgeRejection, from_json_object
+from ingest.edge import EdgeRejection
 from ingest.metrics import REQUEST_SECONDS, SUBMISSIONS
 from ingest.signing import (
     FORM_TYPE,
@@ -31,6 +30,7 @@ from ingest.signing import (
     SigningFastPath,
     body_reader,
     media_type,
+    parse_json,
     problem,
 )
 from runtime.campaigns import read_totals
@@ -39,7 +39,7 @@ from runtime.kafka import make_producer
 from runtime.logs import get_logger
 from runtime.settings import Settings
 from schemas.reasons import Reason
-from schemas.submission import FieldError, Submission
+from schemas.submission import Submission
 
 log = get_logger("ingest.api")
 
@@ -123,14 +123,7 @@ def create_app(settings: Settings) -> ASGIApp:
         results: list[dict[str, Any]] = []
         good: list[Submission] = []
         for number, line in enumerate(lines, start=1):
-            try:
-                parsed = json.loads(line)
-            except ValueError:
-                outcome: Submission | EdgeRejection = EdgeRejection(
-                    [FieldError("(record)", Reason.MALFORMED_JSON)]
-                )
-            else:
-                outcome = from_json_object(parsed, campaign=slug, source=source)
+            outcome = parse_json(line, campaign=slug, source=source)
             if isinstance(outcome, EdgeRejection):
                 SUBMISSIONS.labels("refused", outcome.errors[0].reason.value).inc()
                 results.append({"line": number, "status": "rejected", **outcome.as_json()})

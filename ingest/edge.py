@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.reasons import Reason
-from schemas.submission import FieldError, Submission, field_errors
+from schemas.submission import FieldError, Submission, field_errors, safe_field_name
 
 # Fields a signer or a partner may send; campaign and source are not among them.
 CLIENT_FIELDS = frozenset(
@@ -53,11 +53,9 @@ def from_json_object(
         return EdgeRejection([FieldError("(record)", Reason.MALFORMED_JSON)])
     unknown = [key for key in body if key not in CLIENT_FIELDS]
     if unknown:
-        names = [
-            k if isinstance(k, str) and k.isidentifier() and len(k) <= 40 else "(unnamed)"
-            for k in unknown
-        ]
-        return EdgeRejection([FieldError(name, Reason.UNKNOWN_FIELD) for name in names])
+        return EdgeRejection(
+            [FieldError(safe_field_name(k), Reason.UNKNOWN_FIELD) for k in unknown]
+        )
     return _build(dict(body), campaign=campaign, source=source, now=now)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from ingest.edge import EdgeRejection, from_form, from_json_object
 from runtime.kafka import OutgoingRecord, produce_many
+from schemas.strict_json import load_json
 from schemas.submission import FieldError, Submission
 
 IMPORT_NAMESPACE = uuid.UUID("6f1c4d8e-2b7a-4c1e-9f0d-3a5b7c9e1f20")
@@ -52,8 +52,8 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, object] | None]]:
                 if not line.strip():
                     continue
                 try:
-                    value = json.loads(line)
-                except ValueError:
+                    value = load_json(line.encode())
+                except ValueError:  # JsonRefused too: duplicate keys, NaN, deep nesting
                     value = None
                 yield number, value if isinstance(value, dict) else None
         return

@@ -22,14 +22,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.edge import EdgeRejection, from_form, from_json_object
+from ingest.edge import CLIENT_FIELDS, EdgeRejection, from_form, from_json_object
 from ingest.metrics import PRODUCE_ERRORS, SUBMISSIONS
 from runtime.campaigns import campaign_statuses
 from runtime.settings import Settings
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus
 from schemas.reasons import Reason
-from schemas.submission import Submission
+from schemas.strict_json import JsonRefused, load_json
+from schemas.submission import FieldError, Submission
 
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -115,19 +116,10 @@ class Signer:
             body = await read(self.settings.max_body_bytes)
         except BodyTooLarge:
             return problem(413, "(body)", "body_too_large")
-        outcome: Submission | EdgeRejection
         if content_type == FORM_TYPE:
-            try:
-                pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
-            except (UnicodeDecodeError, ValueError):
-                return problem(422, "(record)", Reason.MALFORMED_JSON.value)
-            outcome = from_form(dict(pairs), campaign=slug, source="web")
+            outcome = parse_form(body, campaign=slug)
         elif content_type in (JSON_TYPE, ""):
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                return problem(422, "(record)", Reason.MALFORMED_JSON.value)
-            outcome = from_json_object(parsed, campaign=slug, source="web")
+            outcome = parse_json(body, campaign=slug, source="web")
         else:
             return problem(415, "(body)", "unsupported_media_type")
         if isinstance(outcome, EdgeRejection):
@@ -140,6 +132,33 @@ class Signer:
 
 
 BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+def parse_json(body: bytes, *, campaign: str, source: str) -> Submission | EdgeRejection:
+    """A JSON body as a Submission, read as strictly as the workers read Kafka records."""
+    try:
+        parsed = load_json(body)
+    except JsonRefused as refused:
+        return EdgeRejection([refused.error])
+    return from_json_object(parsed, campaign=campaign, source=source)
+
+
+def parse_form(body: bytes, *, campaign: str) -> Submission | EdgeRejection:
+    """An HTML form post as a Submission; a field given twice is refused, not overridden."""
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, max_num_fields=50, errors="strict"
+        )
+    except UnicodeDecodeError:
+        return EdgeRejection([FieldError("(record)", Reason.INVALID_ENCODING)])
+    except ValueError:  # more fields than any form of ours has
+        return EdgeRejection([FieldError("(record)", Reason.MALFORMED_JSON)])
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form and name in CLIENT_FIELDS:
+            return EdgeRejection([FieldError(name, Reason.DUPLICATE_FIELD)])
+        form[name] = value
+    return from_form(form, campaign=campaign, source="web")
 
 
 def media_type(value: str) -> str:

@@ -11,9 +11,11 @@ class Reason(StrEnum):
     RECORD_TOO_LARGE = "record_too_large"
     INVALID_ENCODING = "invalid_encoding"  # not UTF-8
     MALFORMED_JSON = "malformed_json"  # not JSON, or not a JSON object
+    SUBMISSION_ID_REUSED = "submission_id_reused"  # the id of another person or campaign
     # One field
     MISSING_FIELD = "missing_field"
     UNKNOWN_FIELD = "unknown_field"
+    DUPLICATE_FIELD = "duplicate_field"  # a key given twice: neither value is trusted
     EMPTY_FIELD = "empty_field"
     FIELD_TOO_LONG = "field_too_long"
     NUL_BYTE = "nul_byte"

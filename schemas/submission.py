@@ -205,7 +205,7 @@ _PYDANTIC_TO_REASON = {
     "model_type": Reason.MALFORMED_JSON,
     "model_attributes_type": Reason.MALFORMED_JSON,
 }
-_SAFE_FIELD = re.compile(r"^[a-z_]{1,40}$")
+_SAFE_FIELD = re.compile(r"[a-z_]{1,40}")
 _KNOWN_REASONS = {reason.value for reason in Reason}
 
 
@@ -223,11 +223,13 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
         else:
             reason = _PYDANTIC_TO_REASON.get(kind, Reason.INVALID_FIELD)
         loc = [str(part) for part in error["loc"] if isinstance(part, str)]
-        name = loc[0] if loc else "(record)"
-        if not _SAFE_FIELD.match(name) and name != "(record)":
-            name = "(unnamed)"
-        errors.append(FieldError(name, reason))
+        errors.append(FieldError(safe_field_name(loc[0]) if loc else "(record)", reason))
     return errors
+
+
+def safe_field_name(name: str) -> str:
+    """A key as it may be shown: itself if it looks like a field name, else "(unnamed)"."""
+    return name if _SAFE_FIELD.fullmatch(name) else "(unnamed)"
 
 
 def primary_reason(errors: list[FieldError]) -> Reason:
