@@ -10,7 +10,6 @@ every violation it finds, as a sentence; an empty list means the promise held.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from runtime.kafka import make_consumer, read_to_end
+from runtime.kafka import read_to_end
+from runtime.offsets import committed_offsets, group_lag
 from runtime.settings import Settings
 from schemas.events import CampaignTotals, DeadLetterHeaders
 
@@ -61,7 +60,7 @@ class History:
         if previous is not None and previous.told is Told.ACKNOWLEDGED:
             told = Told.ACKNOWLEDGED
         self.sent[sid] = Sent(sid, person, str(body["campaign"]), valid, told)
-        for key in ("email", "first_name", "last_name"):
+        for key in ("email", "first_name", "last_name", "postcode"):
             value = body.get(key)
             if isinstance(value, str) and len(value.strip()) >= 6:
                 self.sentinels.add(value.strip())
@@ -107,47 +106,11 @@ class Outcomes:
 def _submission_id(value: bytes | None) -> str | None:
     try:
         parsed = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(parsed, dict) and isinstance(parsed.get("submission_id"), str):
         return str(parsed["submission_id"])
     return None
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
-
-
-async def committed_offsets(
-    settings: Settings, group: str, topic: str
-) -> dict[TopicPartition, int]:
-    """The group's committed offset of every partition of the topic (0 if none)."""
-    consumer = make_consumer(settings, group)
-    await consumer.start()
-    try:
-        return {tp: await consumer.committed(tp) or 0 for tp in await _partitions(consumer, topic)}
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
-    consumer = make_consumer(settings, None)
-    await consumer.start()
-    try:
-        tps = await _partitions(consumer, topic)
-        if not tps:
-            return {}
-        consumer.assign(tps)  # from the fetch high watermark: the broker's ListOffsets is off
-        async with asyncio.timeout(30):
-            while any(consumer.highwater(tp) is None for tp in tps):
-                await consumer.getmany(timeout_ms=100, max_records=1)
-        return {tp: consumer.highwater(tp) or 0 for tp in tps}
-    finally:
-        await consumer.stop()
 
 
 async def uncovered_commits(settings: Settings, pool: asyncpg.Pool) -> list[str]:
@@ -156,8 +119,7 @@ async def uncovered_commits(settings: Settings, pool: asyncpg.Pool) -> list[str]
     outcomes = await Outcomes.read(settings, pool)
     problems = []
     for record in await read_to_end(settings, settings.topic_submitted, timeout=30):
-        tp = TopicPartition(record.topic, record.partition)
-        if record.offset < committed.get(tp, 0) and not outcomes.accounts_for(
+        if record.offset < committed.get(record.partition, 0) and not outcomes.accounts_for(
             record.partition, record.offset, record.value
         ):
             problems.append(
@@ -173,9 +135,7 @@ async def lag(settings: Settings) -> dict[str, int]:
         (settings.persist_group, settings.topic_submitted),
         (settings.count_group, settings.topic_accepted),
     ):
-        committed = await committed_offsets(settings, group, topic)
-        ends = await end_offsets(settings, topic)
-        result[group] = sum(end - committed.get(tp, 0) for tp, end in ends.items())
+        result[group] = sum(p.lag for p in await group_lag(settings, group, topic))
     return result
 
 
@@ -286,6 +246,25 @@ async def check(
                 f"COUNT(*) {counts.get(row['campaign'], 0)}"
             )
         counts.setdefault(row["campaign"], 0)
+    for row in await pool.fetch(
+        "SELECT t.campaign, t.duplicates, (SELECT count(*) FROM duplicate_submissions d "
+        "WHERE d.campaign = t.campaign) AS recorded FROM campaign_totals t"
+    ):
+        if row["duplicates"] != row["recorded"]:
+            problems.append(
+                f"{row['campaign']}: {row['duplicates']} duplicates counted, "
+                f"{row['recorded']} recorded"
+            )
+    announced = {
+        json.loads(r.value)["signature_id"]
+        for r in await read_to_end(settings, settings.topic_accepted, timeout=30)
+        if r.value
+    }
+    stored_ids = {r["id"] for r in await pool.fetch("SELECT id FROM signatures")}
+    problems.extend(
+        f"signature {sid} stored without an accepted event"
+        for sid in sorted(stored_ids - announced)
+    )
     totals = await read_to_end(settings, settings.topic_totals, timeout=30)
     problems.extend(totals_problems([r.value for r in totals], dict(counts)))
 

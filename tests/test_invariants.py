@@ -80,3 +80,14 @@ async def test_check_passes_a_clean_drain_and_catches_a_row_removed(
     assert any("dropped" in p for p in problems)
     assert any("committed but not persisted" in p for p in problems)
     assert leaks(history.sentinels, [("leak", f"… {people[3]['email']} …")])
+
+    # a row that never went through the pipeline, and a duplicate counted from nowhere
+    await pool.execute(
+        "INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, "
+        "email, country, consent, source, submitted_at) SELECT gen_random_uuid(), campaign, "
+        "'\\x00', 'X', 'Y', 'x@example.org', 'IT', false, 'web', now() FROM campaign_totals"
+    )
+    await pool.execute("UPDATE campaign_totals SET duplicates = duplicates + 1")
+    problems = await check(settings, pool, history)
+    assert any("stored without an accepted event" in p for p in problems)
+    assert any("2 duplicates counted, 1 recorded" in p for p in problems)
