@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.edge import EdgeRejection
+from ingest.live import TotalsHub
 from ingest.metrics import REQUEST_SECONDS, SUBMISSIONS
+from ingest.page import BrowserForms, add_pages
 from ingest.signing import (
     FORM_TYPE,
     JSON_TYPE,
@@ -33,12 +35,10 @@ from ingest.signing import (
     parse_json,
     problem,
 )
-from runtime.campaigns import read_totals
 from runtime.db import create_pool, schema_is_current
 from runtime.kafka import make_producer
 from runtime.logs import get_logger
 from runtime.settings import Settings
-from schemas.reasons import Reason
 from schemas.submission import Submission
 
 log = get_logger("ingest.api")
@@ -57,6 +57,7 @@ def _respond(answer: Answer) -> Response:
 def create_app(settings: Settings) -> ASGIApp:
     """The API: the signing fast path and the canonical log line around the framework's app."""
     state: Signer | None = None
+    hub = TotalsHub(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -66,8 +67,10 @@ def create_app(settings: Settings) -> ASGIApp:
         try:
             await producer.start()
             state = Signer(settings, pool, producer)
+            hub.start()
             yield
         finally:
+            await hub.stop()
             await producer.stop()
             await pool.close()
 
@@ -144,12 +147,7 @@ def create_app(settings: Settings) -> ASGIApp:
             status_code=200,
         )
 
-    @app.get("/v1/campaigns/{slug}/totals", summary="Running totals of a campaign")
-    async def totals(slug: str) -> Response:
-        found = await read_totals(current().pool, [slug])
-        if not found:
-            return _problem(404, "campaign", Reason.UNKNOWN_CAMPAIGN.value)
-        return Response(found[0].model_dump_json(), media_type=JSON_TYPE)
+    add_pages(app, lambda: current().pool, lambda: hub)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -181,7 +179,8 @@ def create_app(settings: Settings) -> ASGIApp:
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    return CanonicalLogLine(SigningFastPath(app, current))
+    signing = SigningFastPath(app, current)
+    return CanonicalLogLine(BrowserForms(signing, lambda: current().pool, lambda: hub))
 
 
 class CanonicalLogLine:
