@@ -178,3 +178,11 @@ def report(figures: dict[str, Any], console: Console) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+async def measure_alone(
+    settings: Settings, name: str, measure: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """One measurement with its own broker (unless one is configured), database and topics."""
+    async with _broker(settings) as s:
+        return await _measure(s, name, measure, *args)

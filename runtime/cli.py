@@ -260,6 +260,49 @@ def bench(
     raise typer.Exit(0 if figures["totals_match"] and figures["conserved"] else 1)
 
 
+@app.command("bench-stream")
+def bench_stream(
+    clients: Annotated[int, typer.Option(min=1, max=20_000, help="Stream clients")] = 1_000,
+    rate: Annotated[float, typer.Option(min=1, help="Signatures per second meanwhile")] = 200,
+    seconds: Annotated[float, typer.Option(min=1, help="For how long")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
+) -> None:
+    """Live totals to a crowd: N stream clients on one API process while signatures arrive."""
+    from dataclasses import asdict
+
+    from bench.data import DataSet
+    from bench.fanout import run_fanout
+    from bench.run import measure_alone
+
+    s = settings().with_local_secret()
+    log_dir = s.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    err = Console(stderr=True)
+    err.print(f"bench-stream: {clients:,} clients, {rate:,.0f} signatures/s for {seconds:.0f} s")
+    data = DataSet.make(int(rate * seconds), seed=7)
+    result = run(
+        lambda: measure_alone(s, "stream", run_fanout, data, clients, rate, seconds, log_dir)
+    )
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+        return
+    table = Table(title="bench-stream", show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    d = result.delay_ms
+    table.add_row("stream clients (connected)", f"{result.clients:,} ({result.connected:,})")
+    table.add_row("totals versions published", f"{result.versions_published:,}")
+    table.add_row("updates delivered", f"{result.events:,}")
+    table.add_row("clients that got the final version", f"{result.complete_clients:,}")
+    table.add_row(
+        "delay p50 / p95 / p99 / max (ms)",
+        f"{d['p50']:,.0f} / {d['p95']:,.0f} / {d['p99']:,.0f} / {d['max']:,.0f}",
+    )
+    table.add_row("API process CPU while streaming", f"{result.api_cpu_seconds} s")
+    table.add_row("API process peak RSS", f"{result.api_peak_rss_mb} MB")
+    out.print(table)
+
+
 @campaign_app.command("create")
 def campaign_create(
     slug: Annotated[str, typer.Option(help="URL name, e.g. cecenia")],

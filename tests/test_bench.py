@@ -39,3 +39,20 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     assert set(figures["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert figures["speedup_vs_naive"] > 0
     assert figures["peak_rss_mb"] > 0
+
+
+def test_bench_stream_smoke_run(database_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
+    env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "bench-stream", "--clients", "25", "--rate", "50",
+         "--seconds", "2", "--json"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert figures["connected"] == 25
+    assert figures["versions_published"] >= 1
+    assert figures["complete_clients"] == 25  # every client saw the final total
+    assert figures["events"] == 25 * figures["versions_published"]
+    assert set(figures["delay_ms"]) == {"p50", "p95", "p99", "max"}

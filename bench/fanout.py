@@ -1,0 +1,121 @@
+"""Live totals to a crowd: many stream clients on one API process while signatures arrive.
+
+N clients open `GET /v1/campaigns/{slug}/totals/stream` on one API process; then
+signatures are POSTed at a steady rate through the whole pipeline. For every totals
+update each client receives, the delay runs from the version's database transaction
+(`updated_at`) to its arrival at the client: commit, accepted event, counter, totals
+topic, the API's one consumer, the fan-out, the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from bench.data import CAMPAIGN, DataSet, prepare
+from bench.drain import peak_rss_mb
+from bench.http import open_loop, percentiles
+from runtime.broker import free_port
+from runtime.settings import Settings
+from runtime.supervisor import running_stack
+
+STREAM = f"/v1/campaigns/{CAMPAIGN.slug}/totals/stream"
+SIGN = f"/v1/campaigns/{CAMPAIGN.slug}/signatures"
+
+
+@dataclass
+class Listener:
+    received: list[tuple[float, int, float]] = field(default_factory=list)  # at, version, made
+    failed: str | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # first event, or failure
+
+
+@dataclass
+class FanoutResult:
+    clients: int
+    connected: int
+    versions_published: int
+    events: int
+    complete_clients: int  # clients that received the final version
+    delay_ms: dict[str, float]
+    api_cpu_seconds: float
+    api_peak_rss_mb: float
+
+
+async def _listen(port: int, listener: Listener) -> None:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        listener.failed = type(exc).__name__
+        listener.settled.set()
+        return
+    try:
+        writer.write(
+            b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+            % STREAM.encode()
+        )
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            pass
+        while line := await reader.readline():
+            if line.startswith(b"data: "):
+                totals = json.loads(line[6:])
+                made = datetime.fromisoformat(totals["updated_at"]).timestamp()
+                listener.received.append((time.time(), totals["version"], made))
+                listener.settled.set()
+    finally:
+        listener.settled.set()
+        writer.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_fanout(
+    settings: Settings, data: DataSet, clients: int, rate: float, seconds: float, log_dir: Path
+) -> FanoutResult:
+    await prepare(settings)
+    port = free_port()
+    async with running_stack(
+        settings, host="127.0.0.1", port=port, persist_workers=2, log_dir=log_dir
+    ) as stack:
+        api = next(child for child in stack.children if child.name == "api").process
+        assert api is not None  # noqa: S101 - started by running_stack
+        listeners = [Listener() for _ in range(clients)]
+        tasks = [asyncio.create_task(_listen(port, listener)) for listener in listeners]
+        async with asyncio.timeout(120):  # every client has its first event (the current totals)
+            await asyncio.gather(*(listener.settled.wait() for listener in listeners))
+        await asyncio.sleep(6)  # let the workers' consumer group settle
+        cpu_before = _cpu_seconds(api.pid)
+        await open_loop("127.0.0.1", port, SIGN, data.bodies[: int(rate * seconds)], rate)
+        await asyncio.sleep(3)  # the last versions reach the clients
+        cpu = _cpu_seconds(api.pid) - cpu_before
+        rss = peak_rss_mb(api.pid)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    first_versions = {x.received[0][1] for x in listeners if x.received}
+    later = [event for x in listeners for event in x.received[1:]]
+    versions = {version for _, version, _ in later}
+    final = max(versions, default=max(first_versions, default=0))
+    return FanoutResult(
+        clients=clients,
+        connected=sum(1 for x in listeners if x.received),
+        versions_published=len(versions),
+        events=len(later),
+        complete_clients=sum(1 for x in listeners if x.received and x.received[-1][1] == final),
+        delay_ms={
+            k: v * 1000 for k, v in percentiles([at - made for at, _, made in later]).items()
+        },
+        api_cpu_seconds=round(cpu, 2),
+        api_peak_rss_mb=round(rss, 1),
+    )
