@@ -86,9 +86,9 @@ async def test_import_checks_lines_sends_the_rest_and_is_idempotent(
     assert await export_csv(pool, CAMPAIGN.slug, out) == 4
     exported = list(csv.reader(io.StringIO(out.getvalue())))
     assert exported[0] == ["first_name", "last_name", "country", "signed_on"]
-    rows = {tuple(row[:3]) for row in exported[1:]}
-    assert ('\'=HYPERLINK("http://x")', "Formula", "FR") in rows
-    assert ("<b>Anna</b>", "'+Markup", "DE") in rows
+    cells = {tuple(row[:3]) for row in exported[1:]}
+    assert ('\'=HYPERLINK("http://x")', "Formula", "FR") in cells
+    assert ("<b>Anna</b>", "'+Markup", "DE") in cells
     assert "@" not in out.getvalue() and "00100" not in out.getvalue()
 
 

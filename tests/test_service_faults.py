@@ -46,6 +46,7 @@ from runtime.campaigns import counted_rows, create_campaign, totals_versions
 from runtime.db import apply_migrations, create_pool, database_name
 from runtime.failpoints import ENV as FAILPOINTS
 from runtime.kafka import read_to_end
+from runtime.offsets import committed_offsets
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 from runtime.totals_feed import read_published_totals
@@ -53,7 +54,7 @@ from schemas.events import DeadLetterHeaders
 from schemas.reasons import Reason
 from tests.conftest import make_settings
 from tests.helpers import CAMPAIGN, encode, produce, submission
-from tests.invariants import History, Told, check, committed_offsets, lag, uncovered_commits
+from tests.invariants import History, Told, check, lag, uncovered_commits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -485,7 +486,9 @@ async def test_poison_record_waits_for_the_dead_letter_topic(
     await persist.wait_for_retries(2, timeout=120)  # each waits ~10 s for the topic
     assert persist.running
     committed = await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
-    assert committed[where] <= poison_offset, "committed past a record it could not dead-letter"
+    assert committed[where.partition] <= poison_offset, (
+        "committed past a record it could not dead-letter"
+    )
     assert await uncovered_commits(settings, pool) == []
     assert await read_to_end(settings, settings.topic_rejected, timeout=30) == []
     assert await persist.stop() == 0  # stopping while the batch keeps failing is clean

@@ -23,22 +23,16 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import TopicPartition
 
 from runtime.campaigns import counted_rows, create_campaign, read_totals
 from runtime.failpoints import ENV as FAILPOINTS
 from runtime.kafka import make_consumer, make_producer
+from runtime.offsets import committed_offsets, high_watermarks
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
 from tests.helpers import CAMPAIGN, encode, produce, submission
-from tests.invariants import (
-    History,
-    Told,
-    check,
-    committed_offsets,
-    end_offsets,
-    lag,
-    uncovered_commits,
-)
+from tests.invariants import History, Told, check, lag, uncovered_commits
 from tests.test_failpoints import process_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -206,8 +200,7 @@ async def persisted_all(settings: Settings) -> bool:
 
 
 async def persisted_offsets(settings: Settings) -> dict[int, int]:
-    committed = await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
-    return {tp.partition: offset for tp, offset in committed.items()}
+    return await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
 
 
 def batch_ends(worker: WorkerProcess) -> dict[int, int]:
@@ -318,10 +311,7 @@ def test_handling_problems_name_gaps_and_committed_work_done_twice() -> None:
 
 
 async def input_ends(settings: Settings) -> dict[int, int]:
-    return {
-        tp.partition: end
-        for tp, end in (await end_offsets(settings, settings.topic_submitted)).items()
-    }
+    return await high_watermarks(settings, settings.topic_submitted)
 
 
 async def rows(pool: asyncpg.Pool) -> int:
@@ -618,7 +608,7 @@ async def rewind_group(settings: Settings, group: str, topic: str) -> None:
     consumer = make_consumer(settings, group)
     await consumer.start()
     try:
-        tps = list(await end_offsets(settings, topic))
+        tps = [TopicPartition(topic, p) for p in await high_watermarks(settings, topic)]
         consumer.assign(tps)
         await consumer.commit(dict.fromkeys(tps, 0))
     finally:
