@@ -9,7 +9,6 @@ The verdict: the published total equals COUNT(*) in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import Counter
@@ -22,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest.loadgen import Generated, Kind, generate, submission_message
-from ingest.seed import SEED_CAMPAIGN
-from runtime.campaigns import CampaignExists, counted_rows, create_campaign
+from ingest.seed import SEED_CAMPAIGN, ensure_seed_campaign
+from runtime.campaigns import counted_rows
 from runtime.db import create_pool
 from runtime.kafka import OutgoingRecord, make_producer, produce_many, read_to_end
 from runtime.progress import progress_bar
@@ -155,8 +154,7 @@ async def run_demo(
         slug = SEED_CAMPAIGN.slug
         pool = await create_pool(s.database_url, max_size=2)
         try:
-            with contextlib.suppress(CampaignExists):
-                await create_campaign(pool, SEED_CAMPAIGN)
+            await ensure_seed_campaign(pool)
             before = await pool.fetchrow(
                 "SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_, "
                 "(SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes",

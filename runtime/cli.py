@@ -166,6 +166,7 @@ def up(
 ) -> None:
     """Run everything on this machine; Ctrl-C stops it cleanly."""
     from consumers.service import install_stop_signals
+    from ingest.seed import SEED_CAMPAIGN, ensure_seed_campaign
     from runtime.supervisor import running_stack
 
     s = settings().with_local_secret()
@@ -176,9 +177,10 @@ def up(
         async with running_stack(
             s, host=host or s.api_host, port=port or s.api_port, persist_workers=workers
         ) as stack:
+            await _with_pool(stack.settings, ensure_seed_campaign)
             out.print(
-                f"[bold green]ready[/] API on {stack.api_url} (docs at {stack.api_url}/docs); "
-                "Ctrl-C stops"
+                f"[bold green]ready[/] API on {stack.api_url} (docs at {stack.api_url}/docs), "
+                f"petition page {stack.api_url}/campaigns/{SEED_CAMPAIGN.slug}; Ctrl-C stops"
             )
             await stop.wait()
 

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from ingest.seed import SEED_CAMPAIGN, ensure_seed_campaign
 from runtime.campaigns import (
     UnknownCampaign,
     create_campaign,
@@ -84,3 +85,12 @@ def test_cli_update_and_post_update(settings: Settings, monkeypatch: pytest.Monk
             await own.close()
 
     assert asyncio.run(stored()) == ("Autorità federali russe", ["Consegna"])
+
+
+async def test_the_seed_campaign_is_created_once_with_its_updates(pool: asyncpg.Pool) -> None:
+    await ensure_seed_campaign(pool)
+    await ensure_seed_campaign(pool)  # `up` and `demo` run it every time
+    campaign = await get_campaign(pool, SEED_CAMPAIGN.slug)
+    assert campaign is not None and campaign.target == "Autorità federali russe"
+    updates = await list_updates(pool, SEED_CAMPAIGN.slug)
+    assert [u.posted_on.day for u in updates] == [12, 11, 5]  # newest first
