@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
+from bench.drain import peak_rss_mb
 from runtime.campaigns import counted_rows, create_campaign, read_totals
 from runtime.failpoints import ENV as FAILPOINTS
 from runtime.kafka import make_consumer, make_producer
@@ -578,7 +579,8 @@ async def test_repeated_rebalances_under_load_keep_the_promise(
 
     await wait_until(lambda: nothing_left(settings), timeout=JOIN_TIMEOUT_S)
     for member in workers.started:
-        if member.process.returncode is None:
+        if member.process.returncode is None:  # memory stayed bounded through it all
+            assert peak_rss_mb(member.process.pid) < 250, member.name
             member.signal(signal.SIGTERM)
             assert await member.exit_code() == 0
     assert sender.chunks >= 10
