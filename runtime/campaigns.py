@@ -61,11 +61,7 @@ async def close_campaign(pool: asyncpg.Pool, slug: str) -> Campaign:
         )
         if row is None:
             raise UnknownCampaign(slug)
-        await conn.execute(
-            "UPDATE campaign_totals SET version = version + 1, updated_at = now() "
-            "WHERE campaign = $1",
-            slug,
-        )
+        await _republish(conn, slug)
     return Campaign.model_validate(dict(row))
 
 
@@ -136,11 +132,7 @@ async def update_campaign(pool: asyncpg.Pool, slug: str, changes: CampaignChange
         )
         if row is None:
             raise UnknownCampaign(slug)
-        await conn.execute(
-            "UPDATE campaign_totals SET version = version + 1, updated_at = now() "
-            "WHERE campaign = $1",
-            slug,
-        )
+        await _republish(conn, slug)
     return Campaign.model_validate(dict(row))
 
 
@@ -167,3 +159,11 @@ async def list_updates(conn: Queryable, slug: str) -> list[CampaignUpdate]:
         slug,
     )
     return [CampaignUpdate.model_validate(dict(row)) for row in rows]
+
+
+async def _republish(conn: Queryable, slug: str) -> None:
+    """A new totals version, so the counter publishes what changed (status, goal)."""
+    await conn.execute(
+        "UPDATE campaign_totals SET version = version + 1, updated_at = now() WHERE campaign = $1",
+        slug,
+    )

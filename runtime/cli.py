@@ -314,19 +314,13 @@ def campaign_create(
     description: Annotated[str, typer.Option()] = "",
 ) -> None:
     """Create an open campaign."""
-    from pydantic import ValidationError
-
     from runtime.campaigns import CampaignExists, create_campaign
     from schemas.campaign import NewCampaign
-    from schemas.submission import field_errors
 
+    new = _validated(
+        NewCampaign, slug=slug, title=title, target=target, goal=goal, description=description
+    )
     s = settings()
-    try:
-        new = NewCampaign(slug=slug, title=title, target=target, goal=goal, description=description)
-    except ValidationError as exc:
-        for error in field_errors(exc):
-            typer.echo(f"--{error.field.replace('_', '-')}: {error.reason.value}", err=True)
-        raise typer.Exit(2) from None
     try:
         created = run(lambda: _with_pool(s, lambda pool: create_campaign(pool, new)))
     except CampaignExists:
