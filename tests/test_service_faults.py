@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -44,10 +42,9 @@ from ingest.api import create_app
 from runtime.broker import free_port
 from runtime.campaigns import counted_rows, create_campaign, totals_versions
 from runtime.db import apply_migrations, create_pool, database_name
-from runtime.failpoints import ENV as FAILPOINTS
 from runtime.kafka import read_to_end
 from runtime.offsets import committed_offsets
-from runtime.settings import Settings, settings_env
+from runtime.settings import Settings
 from runtime.topics import ensure_topics
 from runtime.totals_feed import read_published_totals
 from schemas.events import DeadLetterHeaders
@@ -55,11 +52,10 @@ from schemas.reasons import Reason
 from tests.conftest import make_settings
 from tests.helpers import CAMPAIGN, encode, produce, submission
 from tests.invariants import History, Told, check, lag, uncovered_commits
+from tests.processes import WorkerProcess, Workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
-POLL_S = 0.05
-JOIN_TIMEOUT_S = 90.0  # a first join takes about 5 s, a rebalance 6-8 s; the machine is busy
 DRAIN_TIMEOUT_S = 150.0
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SMALL_BATCH = 500  # a backlog of several transactions, so that a fault can land inside one
@@ -69,99 +65,13 @@ BUSY_POLL_S = 0.02  # the counter polls the totals all the time: a fault lands m
 # --- worker processes -------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """One `signatures worker …` process, its stdout and stderr in one log file."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-
-    def lines(self, event: str) -> list[dict[str, Any]]:
-        found = []
-        for text in self.log.read_text(errors="replace").splitlines():
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event") == event:
-                found.append(line)
-        return found
-
-    def retries(self) -> list[str]:
-        """The error class of every batch this process retried."""
-        return [str(line.get("error")) for line in self.lines("batch_retry")]
-
-    @property
-    def running(self) -> bool:
-        return self.process.returncode is None
-
-    async def wait_for(self, event: str, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Until the process logs that event; fails if it exits first."""
-        async with asyncio.timeout(timeout):
-            while not self.lines(event):
-                if not self.running:
-                    raise AssertionError(f"{self.name} exited with {self.process.returncode}")
-                await asyncio.sleep(POLL_S)
-
-    async def wait_for_retries(self, count: int, timeout: float = 60.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.retries()) < count:
-                assert self.running, f"{self.name} exited with {self.process.returncode}"
-                await asyncio.sleep(POLL_S)
-
-    async def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then its exit code (0 is a clean stop)."""
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-    async def exit_code(self, timeout: float = 60.0) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
-class Workers:
-    """Starts worker processes for one test; whatever still runs at the end is killed."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[WorkerProcess] = []
-
-    async def start(
-        self, kind: str, name: str, settings: Settings, *, failpoints: str = ""
-    ) -> WorkerProcess:
-        env = {**os.environ, **settings_env(settings)}
-        env.pop(FAILPOINTS, None)
-        if failpoints:
-            env[FAILPOINTS] = failpoints
-        log = self.log_dir / f"{name}.log"
-        with log.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.cli", "worker", kind,
-                env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-        worker = WorkerProcess(name, process, log)
-        self.started.append(worker)
-        return worker
-
-    async def kill_leftovers(self) -> None:
-        for worker in self.started:
-            if worker.running:
-                worker.process.kill()
-                await worker.process.wait()
-
-    @property
-    def logs(self) -> list[Path]:
-        return [worker.log for worker in self.started]
-
-
 @pytest.fixture
 async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
     started = Workers(tmp_path)
     try:
         yield started
     finally:
-        await started.kill_leftovers()
+        await started.stop_all()
 
 
 # --- sending and draining ---------------------------------------------------------------

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -27,85 +25,18 @@ from aiokafka import TopicPartition
 
 from bench.drain import peak_rss_mb
 from runtime.campaigns import counted_rows, create_campaign, read_totals
-from runtime.failpoints import ENV as FAILPOINTS
 from runtime.kafka import make_consumer, make_producer
 from runtime.offsets import committed_offsets, high_watermarks
-from runtime.settings import Settings, settings_env
+from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from tests.helpers import CAMPAIGN, encode, produce, submission
 from tests.invariants import History, Told, check, lag, uncovered_commits
+from tests.processes import JOIN_TIMEOUT_S, WorkerProcess, Workers
 from tests.test_failpoints import process_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
-POLL_S = 0.05
-JOIN_TIMEOUT_S = 90.0  # a first join takes about 5 s, a rebalance 6-8 s; the machine is busy
 RUNNER = "consumers.runner"  # the consume loop's log lines: batches, commits, assignments
-
-
-class WorkerProcess:
-    """One `signatures worker …` process, its output in a log file of JSON lines."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-
-    def lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        found = []
-        for text in self.log.read_text(errors="replace").splitlines():
-            try:
-                line = json.loads(text)
-            except ValueError:
-                line = {"event": "(not json)", "text": text}
-            if isinstance(line, dict) and (event is None or line.get("event") == event):
-                found.append(line)
-        return found
-
-    def outcome(self, key: str) -> int:
-        """One outcome summed over the process's batch lines (inserted, redelivered, …)."""
-        return sum(int(line.get(key, 0)) for line in self.lines("batch"))
-
-    def events(self) -> list[str]:
-        return [str(line.get("event")) for line in self.lines()]
-
-    def mark(self) -> int:
-        """How many lines it has logged so far: `wait_for(…, since=mark)` reads only later ones."""
-        return len(self.lines())
-
-    async def wait_for(
-        self,
-        event: str,
-        matching: Callable[[dict[str, Any]], bool] = lambda _: True,
-        *,
-        since: int = 0,
-        timeout: float = JOIN_TIMEOUT_S,
-    ) -> dict[str, Any]:
-        """The first log line of that event that matches; fails if the process exits first."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for line in self.lines()[since:]:
-                    if line.get("event") == event and matching(line):
-                        return line
-                if self.process.returncode is not None:
-                    raise AssertionError(f"{self.name} exited with {self.process.returncode}")
-                await asyncio.sleep(POLL_S)
-
-    def signal(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
-
-    async def exit_code(self, timeout: float = 60) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-    def assigned(self) -> set[int]:
-        """The partitions it owns now, by its latest assignment and revocation lines."""
-        owned: set[int] = set()
-        for line in self.lines():
-            if line.get("event") == "partitions_revoked":
-                owned = set()
-            elif line.get("event") == "partitions_assigned":
-                owned = {int(p.rsplit(":", 1)[1]) for p in line["partitions"]}
-        return owned
 
 
 async def is_frozen(worker: WorkerProcess) -> bool:
@@ -113,62 +44,9 @@ async def is_frozen(worker: WorkerProcess) -> bool:
     return process_state(worker.process.pid) == "T"
 
 
-class Workers:
-    """Starts worker processes for one test; whatever still runs at the end is killed."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.started: list[WorkerProcess] = []
-
-    async def start(
-        self,
-        kind: str,
-        name: str,
-        *,
-        drain: bool = False,
-        failpoints: str = "",
-        settings: Settings | None = None,
-    ) -> WorkerProcess:
-        env = {**os.environ, **settings_env(settings or self.settings)}
-        env.pop(FAILPOINTS, None)
-        if failpoints:
-            env[FAILPOINTS] = failpoints
-        log = self.log_dir / f"{name}.log"
-        with log.open("wb") as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.cli", "worker", kind,
-                *(["--drain"] if drain else []),
-                env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-        worker = WorkerProcess(name, process, log)
-        self.started.append(worker)
-        return worker
-
-    async def run_to_drain(
-        self, kind: str, name: str, *, settings: Settings | None = None
-    ) -> WorkerProcess:
-        """A worker that stops once it has caught up; it must exit cleanly."""
-        worker = await self.start(kind, name, drain=True, settings=settings)
-        assert await worker.exit_code(timeout=120) == 0, worker.events()[-5:]
-        return worker
-
-    @property
-    def logs(self) -> list[Path]:
-        return [worker.log for worker in self.started]
-
-    async def stop_all(self) -> None:
-        for worker in self.started:
-            if worker.process.returncode is None:
-                worker.signal(signal.SIGCONT)
-                worker.signal(signal.SIGKILL)
-                await worker.process.wait()
-
-
 @pytest.fixture
 async def workers(settings: Settings, tmp_path: Path) -> AsyncIterator[Workers]:
-    started = Workers(settings, tmp_path)
+    started = Workers(tmp_path, settings)
     try:
         yield started
     finally:
