@@ -1,4 +1,4 @@
-"""The whole pipeline in the test process: the API on a free port, a persist worker, a counter."""
+"""The API, and the whole pipeline, in the test process."""
 
 from __future__ import annotations
 
@@ -15,24 +15,34 @@ from runtime.settings import Settings
 
 
 @contextlib.asynccontextmanager
-async def running_pipeline(settings: Settings) -> AsyncIterator[str]:
-    """Yields the API's base URL while the API, a persist worker and a counter run."""
+async def serving_api(settings: Settings) -> AsyncIterator[str]:
+    """Yields the base URL of the API, served by uvicorn on a free port until the end."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
     )
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(server.serve()),
-        asyncio.create_task(run_worker(WorkerKind.PERSIST, settings, stop)),
-        asyncio.create_task(run_worker(WorkerKind.COUNT, settings, stop)),
-    ]
+    serving = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(30):
             while not server.started:
                 await asyncio.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop.set()
         server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(settings: Settings) -> AsyncIterator[str]:
+    """Yields the API's base URL while the API, a persist worker and a counter run."""
+    stop = asyncio.Event()
+    workers = [
+        asyncio.create_task(run_worker(WorkerKind.PERSIST, settings, stop)),
+        asyncio.create_task(run_worker(WorkerKind.COUNT, settings, stop)),
+    ]
+    try:
+        async with serving_api(settings) as url:
+            yield url
+    finally:
+        stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)

@@ -26,17 +26,14 @@ from urllib.parse import urlencode
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from consumers.service import WorkerKind, run_worker
 from consumers.validate import Rejection, decode, decode_strictly
-from ingest.api import create_app
 from ingest.edge import EdgeRejection
 from ingest.signing import parse_form, parse_json
-from runtime.broker import free_port
 from runtime.campaigns import close_campaign, create_campaign
 from runtime.kafka import make_producer, read_to_end
 from runtime.offsets import committed_offsets, high_watermarks
@@ -49,6 +46,7 @@ from schemas.submission import Submission
 from tests.conftest import make_settings
 from tests.helpers import CAMPAIGN, submission
 from tests.invariants import History, Told, check
+from tests.pipeline import serving_api
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MAX_RECORD_BYTES = 16_384
@@ -363,18 +361,8 @@ async def api(api_settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[str]:
     for campaign in (CAMPAIGN, CLOSED):
         await create_campaign(pool, campaign)
     await close_campaign(pool, CLOSED.slug)
-    port = free_port()
-    config = uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port, log_config=None)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(30):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving_api(api_settings) as url:
+        yield url
 
 
 async def post_entry(client: httpx.AsyncClient, api: str, entry: Entry) -> httpx.Response:

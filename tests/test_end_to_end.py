@@ -10,35 +10,23 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from consumers.service import WorkerKind, run_worker
-from ingest.api import create_app
-from runtime.broker import free_port
 from runtime.campaigns import close_campaign, counted_rows, create_campaign
 from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import NewCampaign
 from tests.helpers import CAMPAIGN
+from tests.pipeline import serving_api
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving_api(settings) as url:
+        yield url
 
 
 def person(n: int, **extra: object) -> dict[str, object]:

@@ -34,11 +34,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import TopicPartition
 
 from consumers.errors import is_transient
-from ingest.api import create_app
 from runtime.broker import free_port
 from runtime.campaigns import counted_rows, create_campaign, totals_versions
 from runtime.db import apply_migrations, create_pool, database_name
@@ -52,6 +50,7 @@ from schemas.reasons import Reason
 from tests.conftest import make_settings
 from tests.helpers import CAMPAIGN, encode, produce, submission
 from tests.invariants import History, Told, check, lag, uncovered_commits
+from tests.pipeline import serving_api
 from tests.processes import WorkerProcess, Workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -467,20 +466,12 @@ async def test_api_is_not_ready_while_the_database_is_down(
 ) -> None:
     settings = make_settings(private_database_url, kafka_bootstrap)
     await ensure_topics(settings, kafka_bootstrap)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    )
-    serving = asyncio.create_task(server.serve())
+    async with serving_api(settings) as api:
 
-    async def get(path: str) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            return await client.get(path)
+        async def get(path: str) -> httpx.Response:
+            async with httpx.AsyncClient(base_url=api, timeout=10) as client:
+                return await client.get(path)
 
-    try:
-        async with asyncio.timeout(15):
-            while not server.started:
-                await asyncio.sleep(0.02)
         assert (await get("/readyz")).status_code == 200
         await asyncio.to_thread(private_postgres.stop, "fast")
         try:
@@ -493,6 +484,3 @@ async def test_api_is_not_ready_while_the_database_is_down(
         async with asyncio.timeout(30):  # the pool reconnects by itself
             while (await get("/readyz")).status_code != 200:
                 await asyncio.sleep(0.5)
-    finally:
-        server.should_exit = True
-        await serving
