@@ -112,24 +112,27 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
     """The page, the widget, the static files and the totals (cacheable and streamed)."""
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
+    async def shown(
+        slug: str, request: Request
+    ) -> tuple[Texts, Campaign | None, CampaignTotals | None]:
+        """The language asked for, the campaign (None if unknown) and its totals."""
+        t = texts(language_of(request.scope["query_string"], dict(request.scope["headers"])))
+        campaign = await get_campaign(pool_of(), slug)
+        totals = await _totals(hub(), pool_of(), slug) if campaign else None
+        return t, campaign, totals
+
     @app.get("/campaigns/{slug}", response_class=HTMLResponse, summary="The petition page")
     async def page(slug: str, request: Request) -> Response:
-        t = texts(language_of(request.scope["query_string"], dict(request.scope["headers"])))
-        pool = pool_of()
-        campaign = await get_campaign(pool, slug)
+        t, campaign, totals = await shown(slug, request)
         if campaign is None:
             return _html(_message(t, t("not_found")), 404)
-        totals = await _totals(hub(), pool, slug)
-        return _html(render_page(t, campaign, totals, await list_updates(pool, slug)))
+        return _html(render_page(t, campaign, totals, await list_updates(pool_of(), slug)))
 
     @app.get("/campaigns/{slug}/widget", response_class=HTMLResponse, summary="Embeddable counter")
     async def widget(slug: str, request: Request) -> Response:
-        t = texts(language_of(request.scope["query_string"], dict(request.scope["headers"])))
-        pool = pool_of()
-        campaign = await get_campaign(pool, slug)
+        t, campaign, totals = await shown(slug, request)
         if campaign is None:
             return _html(_message(t, t("not_found")), 404, csp=WIDGET_CSP)
-        totals = await _totals(hub(), pool, slug)
         body = templates.get_template("widget.html").render(
             t=t, campaign=campaign, total=totals.total if totals else 0,
             version=totals.version if totals else -1,
@@ -140,8 +143,7 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
     async def totals(slug: str, request: Request) -> Response:
         found = await _totals(hub(), pool_of(), slug)
         if found is None:
-            answer = problem(404, "campaign", Reason.UNKNOWN_CAMPAIGN.value)
-            return Response(answer.body(), 404, media_type=JSON_TYPE)
+            return _unknown_campaign()
         tag = f'"{found.version}"'
         headers = {"ETag": tag, "Cache-Control": f"public, max-age={TOTALS_MAX_AGE_S}"}
         if tag in request.headers.get("if-none-match", ""):
@@ -152,8 +154,7 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
     async def stream(slug: str, request: Request) -> Response:
         first = await _totals(hub(), pool_of(), slug)
         if first is None:
-            answer = problem(404, "campaign", Reason.UNKNOWN_CAMPAIGN.value)
-            return Response(answer.body(), 404, media_type=JSON_TYPE)
+            return _unknown_campaign()
         last = request.headers.get("last-event-id", "")
         last_seen = int(last) if last.isdigit() else None
 
@@ -164,6 +165,11 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
         return EventSourceResponse(
             events(), ping=15, send_timeout=10, headers={"Cache-Control": "no-store"}
         )
+
+
+def _unknown_campaign() -> Response:
+    answer = problem(404, "campaign", Reason.UNKNOWN_CAMPAIGN.value)
+    return Response(answer.body(), 404, media_type=JSON_TYPE)
 
 
 def _message(t: Texts, message: str, campaign: Campaign | None = None) -> str:
