@@ -338,18 +338,13 @@ def campaign_update(
     description: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Change a campaign's title, target, goal or description (shown on its page)."""
-    from runtime.campaigns import UnknownCampaign, update_campaign
+    from runtime.campaigns import update_campaign
     from schemas.campaign import CampaignChanges
 
     changes = _validated(
         CampaignChanges, title=title, target=target, goal=goal, description=description
     )
-    s = settings()
-    try:
-        updated = run(lambda: _with_pool(s, lambda pool: update_campaign(pool, slug, changes)))
-    except UnknownCampaign:
-        typer.echo(f"no campaign {slug}", err=True)
-        raise typer.Exit(1) from None
+    updated = _change_campaign(slug, lambda pool: update_campaign(pool, slug, changes))
     out.print(f"updated campaign {updated.slug}: {updated.title} (goal {updated.goal:,})")
 
 
@@ -363,21 +358,28 @@ def campaign_post_update(
     ] = None,
 ) -> None:
     """Add a dated update to a campaign's page."""
-    from runtime.campaigns import UnknownCampaign, post_update
+    from runtime.campaigns import post_update
     from schemas.campaign import NewCampaignUpdate
 
     day = (posted_on or datetime.now(UTC)).date()
     update = _validated(NewCampaignUpdate, posted_on=day, title=title, body=body)
-    s = settings()
-    try:
-        posted = run(lambda: _with_pool(s, lambda pool: post_update(pool, slug, update)))
-    except UnknownCampaign:
-        typer.echo(f"no campaign {slug}", err=True)
-        raise typer.Exit(1) from None
+    posted = _change_campaign(slug, lambda pool: post_update(pool, slug, update))
     out.print(f"posted update {posted.id} to {slug} ({posted.posted_on.isoformat()})")
 
 
 M = TypeVar("M", bound="BaseModel")
+
+
+def _change_campaign(slug: str, change: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run a change of one campaign; an unknown campaign is one line and exit 1."""
+    from runtime.campaigns import UnknownCampaign
+
+    s = settings()
+    try:
+        return run(lambda: _with_pool(s, change))
+    except UnknownCampaign:
+        typer.echo(f"no campaign {slug}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _validated(model: type[M], **values: object) -> M:
@@ -430,14 +432,9 @@ def campaign_list(
 @campaign_app.command("close")
 def campaign_close(slug: Annotated[str, typer.Argument()]) -> None:
     """Close a campaign: later submissions are rejected (campaign_closed)."""
-    from runtime.campaigns import UnknownCampaign, close_campaign
+    from runtime.campaigns import close_campaign
 
-    s = settings()
-    try:
-        run(lambda: _with_pool(s, lambda pool: close_campaign(pool, slug)))
-    except UnknownCampaign:
-        typer.echo(f"no campaign {slug}", err=True)
-        raise typer.Exit(1) from None
+    _change_campaign(slug, lambda pool: close_campaign(pool, slug))
     out.print(f"closed campaign {slug}")
 
 
