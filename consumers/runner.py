@@ -100,9 +100,9 @@ class Runner:
             batch = await self._consumer.getmany(
                 timeout_ms=self._timeout_ms, max_records=self._max_records
             )
-            await self._observe_lag()
+            caught_up = await self._observe_lag()
             if not batch:
-                if self._drain and await self._caught_up():
+                if self._drain and caught_up:
                     break
                 continue
             async with self._lock:
@@ -113,27 +113,20 @@ class Runner:
                 await self._commit(batch)
         return self.stats
 
-    async def _observe_lag(self) -> None:
-        """Records behind each assigned partition's high watermark, from the last fetch."""
-        name = self._handler.name
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is not None:
-                position = await self._consumer.position(tp)
-                metrics.LAG.labels(name, tp.topic, str(tp.partition)).set(
-                    max(highwater - position, 0)
-                )
-
-    async def _caught_up(self) -> bool:
-        """Every assigned partition read up to its high watermark (from the last fetch)."""
+    async def _observe_lag(self) -> bool:
+        """Set the lag of each assigned partition (behind its high watermark, as of the last
+        fetch); True if every one is caught up."""
         assignment = self._consumer.assignment()
-        if not assignment:
-            return False
+        caught_up = bool(assignment)
         for tp in assignment:
             highwater = self._consumer.highwater(tp)
-            if highwater is None or await self._consumer.position(tp) < highwater:
-                return False
-        return True
+            if highwater is None:
+                caught_up = False
+                continue
+            behind = max(highwater - await self._consumer.position(tp), 0)
+            metrics.LAG.labels(self._handler.name, tp.topic, str(tp.partition)).set(behind)
+            caught_up = caught_up and behind == 0
+        return caught_up
 
     async def _process(self, batch: dict[TopicPartition, list[Record]]) -> bool:
         records = [record for tp in sorted(batch) for record in batch[tp]]
