@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from ops.dlq import read_dead_letters
 from runtime.kafka import read_to_end
 from runtime.offsets import committed_offsets, group_lag
 from runtime.settings import Settings
@@ -88,10 +89,9 @@ class Outcomes:
         }
         dead: dict[tuple[int, int], DeadLetterHeaders] = {}
         dead_ids: set[str] = set()
-        for record in await read_to_end(settings, settings.topic_rejected, timeout=30):
-            headers = DeadLetterHeaders.from_kafka(list(record.headers))
-            dead[(headers.origin_partition, headers.origin_offset)] = headers
-            sid = _submission_id(record.value)
+        for letter in await read_dead_letters(settings):
+            dead[(letter.headers.origin_partition, letter.headers.origin_offset)] = letter.headers
+            sid = _submission_id(letter.value)
             if sid is not None:
                 dead_ids.add(sid)
         return cls(rows, duplicates, dead, dead_ids)
