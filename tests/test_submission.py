@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import unicodedata
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic_core import PydanticCustomError
 
-from consumers.validate import Rejection, decode, dedupe_key
+from consumers.validate import Rejection, decode, dedupe_key, key_ends
 from schemas.reasons import Reason
-from schemas.submission import Submission
+from schemas.submission import NAME_MAX, Submission, clean_text, clean_unicode
 
 SECRET = b"k" * 32
 
@@ -179,3 +182,27 @@ def test_decoding_arbitrary_bytes_never_raises(value: bytes) -> None:
 def test_mistyped_fields_never_raise(fields: dict[str, Any]) -> None:
     outcome = decode(json.dumps(body(**fields)).encode(), 16_384)
     assert isinstance(outcome, Submission | Rejection)
+
+
+def outcome_of(clean: Any, value: str) -> str:
+    try:
+        return f"ok {clean(value)!r}"
+    except PydanticCustomError as error:
+        return f"refused {error.type}"
+
+
+@given(st.text(max_size=120) | st.text(alphabet=" \t\x00\x1f\x7fAé\u0301\u200b", max_size=8))
+def test_ascii_names_take_a_short_path_to_the_same_answer(value: str) -> None:
+    def by_the_long_path(text: str) -> str:
+        return clean_text(clean_unicode(text), max_len=NAME_MAX)
+
+    assert outcome_of(partial(clean_text, max_len=NAME_MAX), value) == outcome_of(
+        by_the_long_path, value
+    )
+
+
+@given(
+    st.binary(max_size=300) | st.text(alphabet='"\\: \t\n\r\x0b\x0ca', max_size=40).map(str.encode)
+)
+def test_key_ends_are_counted_as_the_regex_counts_them(value: bytes) -> None:
+    assert key_ends(value) == len(re.findall(rb'"\s*:', value))
