@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from consumers import metrics
 from consumers.deadletters import dead_letter
 from consumers.errors import TRANSIENT
-from consumers.runner import Record
+from consumers.runner import Effects, Record
 from consumers.validate import Rejection
 from runtime.campaigns import read_totals, totals_versions
 from runtime.failpoints import failpoint
@@ -43,7 +44,10 @@ class CountHandler:
         self._published: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
-    async def handle(self, records: Sequence[Record]) -> Mapping[str, int]:
+    async def prepare(self, records: Sequence[Record]) -> Effects:
+        return functools.partial(self._publish_for, records)
+
+    async def _publish_for(self, records: Sequence[Record]) -> Mapping[str, int]:
         campaigns: set[str] = set()
         dead: list[OutgoingRecord] = []
         for record in records:

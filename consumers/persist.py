@@ -1,13 +1,15 @@
 """The persist handler: validate, normalise, dedupe and store a batch of submissions.
 
-Per batch: decode every record (bad ones become dead letters), one transaction that checks
-the campaigns and writes rows and totals, then the accepted events and dead letters are
+Per batch: decode every record and build its row (bad ones become dead letters), which the
+runner may do while the previous batch is being stored; then one transaction that checks
+the campaigns and writes rows and totals; then the accepted events and dead letters are
 produced and acknowledged. Only then does the runner commit the offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,7 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from consumers.deadletters import dead_letter
-from consumers.runner import Record
+from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode, dedupe_key
 from runtime.campaigns import campaign_statuses
@@ -47,24 +49,39 @@ class PersistHandler:
         self._secret = secret
         self._max_record_bytes = max_record_bytes
 
-    async def handle(self, records: Sequence[Record]) -> Mapping[str, int]:
+    async def prepare(self, records: Sequence[Record]) -> Effects:
+        """Decode every record and build its row; no effects, so it may run while the
+        previous batch is being stored. Yields to the event loop now and then for that."""
         started = time.perf_counter()
-        valid: list[tuple[Record, Submission]] = []
+        valid: list[tuple[Record, StagingRow]] = []
         rejected: list[tuple[Record, Rejection]] = []
-        for record in records:
+        for n, record in enumerate(records, 1):
             outcome = decode(record.value, self._max_record_bytes)
             if isinstance(outcome, Rejection):
                 rejected.append((record, outcome))
             else:
-                valid.append((record, outcome))
+                valid.append((record, self._row(outcome)))
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        decode_ms = round((time.perf_counter() - started) * 1000)
+        return functools.partial(self._store, valid, rejected, decode_ms)
 
-        decoded = time.perf_counter()
+    async def _store(
+        self,
+        valid: list[tuple[Record, StagingRow]],
+        rejected: list[tuple[Record, Rejection]],
+        decode_ms: int,
+    ) -> Mapping[str, int]:
+        """One transaction for the batch, then its accepted events and dead letters.
+        May run again for the same batch (a transient error): it changes none of its inputs."""
+        started = time.perf_counter()
+        rejected = list(rejected)
         async with self._pool.acquire() as conn, conn.transaction():
             statuses = await campaign_statuses(conn)
             firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
             repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
-            for record, submission in valid:
-                status = statuses.get(submission.campaign)
+            for record, row in valid:
+                status = statuses.get(row[1])
                 if status is None:
                     rejected.append(
                         (record, Rejection(Reason.UNKNOWN_CAMPAIGN, "campaign: unknown_campaign"))
@@ -73,10 +90,8 @@ class PersistHandler:
                     rejected.append(
                         (record, Rejection(Reason.CAMPAIGN_CLOSED, "campaign: campaign_closed"))
                     )
-                else:
-                    row = self._row(submission)
-                    if firsts.setdefault(row[0], (record, row))[1] is not row:
-                        repeats.append((record, row))
+                elif firsts.setdefault(row[0], (record, row))[1] is not row:
+                    repeats.append((record, row))
             result = await write_batch(conn, [row for _, row in firsts.values()])
             rejected.extend(_reused(firsts, repeats, result.reused))
             failpoint("persist.before_db_commit")
@@ -99,8 +114,8 @@ class PersistHandler:
 
         reasons = Counter(rejection.reason.value for _, rejection in rejected)
         return {
-            "decode_ms": round((decoded - started) * 1000),
-            "db_ms": round((stored - decoded) * 1000),
+            "decode_ms": decode_ms,
+            "db_ms": round((stored - started) * 1000),
             "produce_ms": round((time.perf_counter() - stored) * 1000),
             "inserted": len(result.inserted),
             "redelivered": len(result.already_stored),
@@ -126,6 +141,8 @@ class PersistHandler:
             s.received_at,
         )
 
+
+_YIELD_EVERY = 500  # records decoded between turns of the event loop
 
 _REUSED = Rejection(Reason.SUBMISSION_ID_REUSED, "submission_id: submission_id_reused")
 

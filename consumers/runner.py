@@ -1,17 +1,25 @@
 """The one consume loop: fetch a batch, hand it to a handler, commit after its effects.
 
-Offsets are committed only after the handler returned, i.e. after its database
+Offsets are committed only after the handler's effects are done, i.e. after its database
 transaction committed and its produced records were acknowledged (at-least-once; the
 handlers are idempotent, so redelivery changes nothing). A rebalance waits for the batch
 in flight to finish and commit before partitions move.
+
+Each batch goes through two steps: `prepare`, which has no effects (decoding), and the
+effects themselves. While one batch's effects wait on the database, the next batch is
+fetched and prepared, so that the process has work while its queries run. Batches are
+applied and committed strictly one after another. A batch fetched before a rebalance is
+dropped, and its partitions, if still assigned, are read again from the committed offsets:
+fetched records are either applied and committed, or read again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,12 +45,30 @@ class Record(Protocol):
     headers: Sequence[tuple[str, bytes]]
 
 
+# A prepared batch's effects: applied, and retried on transient errors, by the runner;
+# returns outcome counts for the batch's log line.
+Effects = Callable[[], Awaitable[Mapping[str, int]]]
+
+
 class BatchHandler(Protocol):
     name: str
 
-    async def handle(self, records: Sequence[Record]) -> Mapping[str, int]:
-        """Apply the batch's effects; return outcome counts for the batch's log line."""
+    async def prepare(self, records: Sequence[Record]) -> Effects:
+        """Everything that has no effect (decoding); the effects come back to be applied."""
         ...
+
+
+class _Applied(enum.Enum):
+    YES = "applied and committed"
+    DROPPED = "fetched before a rebalance: to be read again"
+    STOPPED = "stopped while the batch kept failing: left uncommitted"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    batch: dict[TopicPartition, list[Record]]
+    effects: Effects
+    generation: int  # of the assignment it was fetched under
 
 
 @dataclass
@@ -50,15 +76,18 @@ class RunnerStats:
     batches: int = 0
     records: int = 0
     retries: int = 0
+    dropped: int = 0  # batches fetched before a rebalance, read again
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
 class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, revoked: Callable[[], None]) -> None:
         self._lock = lock
+        self._revoked = revoked
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight to commit
+            self._revoked()
             log.info(
                 "partitions_revoked",
                 partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked),
@@ -91,27 +120,78 @@ class Runner:
         self._stop = stop
         self._drain = drain
         self._lock = asyncio.Lock()
+        self._generation = 0  # assignments revoked so far
         self.stats = RunnerStats()
 
     async def run(self) -> RunnerStats:
         """Consume until `stop` is set (or, in drain mode, until caught up)."""
-        self._consumer.subscribe(self._topics, listener=_FinishBatchBeforeRevoke(self._lock))
+        self._consumer.subscribe(
+            self._topics, listener=_FinishBatchBeforeRevoke(self._lock, self._revoked)
+        )
+        prepared: _Prepared | None = None
         while not self._stop.is_set():
-            batch = await self._consumer.getmany(
-                timeout_ms=self._timeout_ms, max_records=self._max_records
-            )
-            caught_up = await self._observe_lag()
-            if not batch:
-                if self._drain and caught_up:
-                    break
-                continue
-            async with self._lock:
-                done = await self._process(batch)
-                if not done:
-                    break  # stopping while the batch kept failing: leave it uncommitted
-                failpoint(f"{self._handler.name}.before_offset_commit")
-                await self._commit(batch)
+            if prepared is None:
+                prepared, caught_up = await self._fetch()
+                if prepared is None:
+                    if self._drain and caught_up:
+                        break
+                    continue
+            applying = asyncio.create_task(self._apply(prepared))
+            try:
+                upcoming, _ = await self._fetch()  # while the batch's queries run
+            except BaseException:
+                applying.cancel()
+                await asyncio.gather(applying, return_exceptions=True)
+                raise
+            applied = await applying
+            if applied is _Applied.STOPPED:
+                break  # stopping while the batch kept failing: leave it uncommitted
+            if applied is _Applied.DROPPED:
+                # a rebalance came after its fetch: `upcoming`, too, is read again
+                self.stats.dropped += 1
+                await self._reread()
+                upcoming = None
+            prepared = upcoming
         return self.stats
+
+    def _revoked(self) -> None:
+        self._generation += 1  # what was fetched before is not applied
+
+    async def _fetch(self) -> tuple[_Prepared | None, bool]:
+        """The next batch, prepared, or None; and whether every partition is caught up."""
+        generation = self._generation
+        batch = await self._consumer.getmany(
+            timeout_ms=self._timeout_ms, max_records=self._max_records
+        )
+        caught_up = await self._observe_lag()
+        if not batch or self._stop.is_set():
+            return None, caught_up
+        records = [record for tp in sorted(batch) for record in batch[tp]]
+        effects = await self._handler.prepare(records)
+        return _Prepared(batch, effects, generation), caught_up
+
+    async def _apply(self, prepared: _Prepared) -> _Applied:
+        """Apply and commit a prepared batch, unless a rebalance came after its fetch."""
+        async with self._lock:
+            if prepared.generation != self._generation:
+                return _Applied.DROPPED
+            if not await self._process(prepared):
+                return _Applied.STOPPED
+            failpoint(f"{self._handler.name}.before_offset_commit")
+            await self._commit(prepared.batch)
+            return _Applied.YES
+
+    async def _reread(self) -> None:
+        """Every assigned partition is read again from its committed offset (from the
+        start if it has none): what was fetched but not applied is fetched again. A
+        partition that moves meanwhile is read from its committed offset by its new owner."""
+        log.info("batch_dropped_after_rebalance")
+        for tp in self._consumer.assignment():
+            offset = await self._consumer.committed(tp)
+            if offset is None:
+                offset = (await self._consumer.beginning_offsets([tp]))[tp]
+            with contextlib.suppress(IllegalStateError):  # no longer assigned
+                self._consumer.seek(tp, offset)
 
     async def _observe_lag(self) -> bool:
         """Set the lag of each assigned partition (behind its high watermark, as of the last
@@ -128,13 +208,14 @@ class Runner:
             caught_up = caught_up and behind == 0
         return caught_up
 
-    async def _process(self, batch: dict[TopicPartition, list[Record]]) -> bool:
-        records = [record for tp in sorted(batch) for record in batch[tp]]
+    async def _process(self, prepared: _Prepared) -> bool:
+        batch = prepared.batch
+        records = sum(map(len, batch.values()))
         delay = 0.1
         while True:
             started = time.perf_counter()
             try:
-                outcome = await self._handler.handle(records)
+                outcome = await prepared.effects()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -146,7 +227,7 @@ class Runner:
                     "batch_retry",
                     handler=self._handler.name,
                     error=type(exc).__name__,
-                    records=len(records),
+                    records=records,
                     backoff_s=round(delay, 2),
                 )
                 with contextlib.suppress(TimeoutError):
@@ -156,14 +237,14 @@ class Runner:
                 delay = min(delay * 2, 5.0)
                 continue
             self.stats.batches += 1
-            self.stats.records += len(records)
+            self.stats.records += records
             for key, value in outcome.items():
                 self.stats.outcomes[key] = self.stats.outcomes.get(key, 0) + value
-            _observe_batch(self._handler.name, len(records), time.perf_counter() - started, outcome)
+            _observe_batch(self._handler.name, records, time.perf_counter() - started, outcome)
             log.info(
                 "batch",
                 handler=self._handler.name,
-                records=len(records),
+                records=records,
                 partitions={
                     f"{tp.partition}": [batch[tp][0].offset, batch[tp][-1].offset]
                     for tp in sorted(batch)
