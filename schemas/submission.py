@@ -17,8 +17,8 @@ from typing import Annotated
 from uuid import UUID
 
 from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-from email_validator.syntax import validate_email_domain_name
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, DOT_ATOM_TEXT_INTL
+from email_validator.syntax import validate_email_domain_name, validate_email_local_part
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -76,9 +76,10 @@ def clean_unicode(value: str) -> str:
     return value
 
 
-# The common case, an ASCII dot-atom local part, is decided here with a regex and a
-# per-domain cache (internationalised domains included); everything else goes through
-# email-validator whole. The two agree exactly (tests/test_email_fast_path.py checks it
+# The common case, an unquoted local part, is decided here: with a regex when it is ASCII,
+# with the library's own check of a local part when it is not, and a per-domain cache
+# (internationalised domains included); everything else goes through email-validator
+# whole. The two agree exactly (tests/test_email_fast_path.py checks it
 # against the library).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _DOT_ATOM = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
@@ -98,15 +99,37 @@ def _domain(domain: str) -> tuple[str, str] | None:
     return info["domain"], info["ascii_domain"]
 
 
+def _unicode_local(local: str) -> str | None:
+    """The library's form of an unquoted internationalised local part, or None (slow path)."""
+    if not DOT_ATOM_TEXT_INTL.match(local):
+        return None
+    try:
+        normalized = unicodedata.normalize("NFC", local)
+        for form in dict.fromkeys((local, normalized)):  # both must pass, as in the library
+            info = validate_email_local_part(form, allow_smtputf8=True)
+    except EmailNotValidError:
+        return None
+    result: str = info["local_part"]
+    return result
+
+
 def _fast_normalise(value: str) -> str | None:
     local, at, domain = value.rpartition("@")
-    if not at or len(local) > 64 or not _DOT_ATOM.match(local):
+    if not at:
         return None
+    if local.isascii():
+        if len(local) > 64 or not _DOT_ATOM.match(local):
+            return None
+        if local.lower() in _CASE_INSENSITIVE:
+            local = local.lower()
+    else:
+        unicode_local = _unicode_local(local)
+        if unicode_local is None:
+            return None
+        local = unicode_local
     names = _domain(domain)
     if names is None:
         return None
-    if local.lower() in _CASE_INSENSITIVE:
-        local = local.lower()
     normalized = f"{local}@{names[0]}"
     # the library's length limits, in UTF-8 bytes, of the address as given, normalised
     # and in ASCII; past them it raises with its own message, so it decides
