@@ -9,8 +9,8 @@ Each batch goes through two steps: `prepare`, which has no effects (decoding), a
 effects themselves. While one batch's effects wait on the database, the next batch is
 fetched and prepared, so that the process has work while its queries run. Batches are
 applied and committed strictly one after another. A batch fetched before a rebalance is
-dropped, and its partitions, if still assigned, are read again from the committed offsets:
-fetched records are either applied and committed, or read again.
+dropped with the one fetched meanwhile, and every partition still assigned is read again
+from its committed offset: a fetched record is either applied and committed, or read again.
 """
 
 from __future__ import annotations
@@ -186,12 +186,22 @@ class Runner:
         start if it has none): what was fetched but not applied is fetched again. A
         partition that moves meanwhile is read from its committed offset by its new owner."""
         log.info("batch_dropped_after_rebalance")
-        for tp in self._consumer.assignment():
-            offset = await self._consumer.committed(tp)
-            if offset is None:
-                offset = (await self._consumer.beginning_offsets([tp]))[tp]
-            with contextlib.suppress(IllegalStateError):  # no longer assigned
-                self._consumer.seek(tp, offset)
+        delay = 0.1
+        while not self._stop.is_set():  # once stopped, nothing more is committed
+            try:
+                for tp in self._consumer.assignment():
+                    offset = await self._consumer.committed(tp)
+                    if offset is None:
+                        offset = (await self._consumer.beginning_offsets([tp]))[tp]
+                    with contextlib.suppress(IllegalStateError):  # no longer assigned
+                        self._consumer.seek(tp, offset)
+            except KafkaError as exc:  # the broker is unreachable: nothing may go on before
+                log.warning("reread_retry", error=type(exc).__name__, backoff_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
 
     async def _observe_lag(self) -> bool:
         """Set the lag of each assigned partition (behind its high watermark, as of the last
