@@ -87,7 +87,8 @@ class _FinishBatchBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight to commit
-            self._revoked()
+            if revoked:  # with none held, nothing fetched so far can be stale
+                self._revoked()
             log.info(
                 "partitions_revoked",
                 partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked),
@@ -189,10 +190,13 @@ class Runner:
         delay = 0.1
         while not self._stop.is_set():  # once stopped, nothing more is committed
             try:
+                offsets = {}
                 for tp in self._consumer.assignment():
                     offset = await self._consumer.committed(tp)
                     if offset is None:
                         offset = (await self._consumer.beginning_offsets([tp]))[tp]
+                    offsets[tp] = offset
+                for tp, offset in offsets.items():  # all at once: the next fetch has them all
                     with contextlib.suppress(IllegalStateError):  # no longer assigned
                         self._consumer.seek(tp, offset)
             except KafkaError as exc:  # the broker is unreachable: nothing may go on before
