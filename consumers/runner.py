@@ -201,11 +201,15 @@ class Runner:
                         self._consumer.seek(tp, offset)
             except KafkaError as exc:  # the broker is unreachable: nothing may go on before
                 log.warning("reread_retry", error=type(exc).__name__, backoff_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._back_off(delay)
             else:
                 return
+
+    async def _back_off(self, delay: float) -> float:
+        """Wait `delay` seconds, or less if stopped; the next, doubled delay (at most 5 s)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        return min(delay * 2, 5.0)
 
     async def _observe_lag(self) -> bool:
         """Set the lag of each assigned partition (behind its high watermark, as of the last
@@ -244,11 +248,9 @@ class Runner:
                     records=records,
                     backoff_s=round(delay, 2),
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                delay = await self._back_off(delay)
                 if self._stop.is_set():
                     return False
-                delay = min(delay * 2, 5.0)
                 continue
             self.stats.batches += 1
             self.stats.records += records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,3 +53,11 @@ async def produce(settings: Settings, values: list[bytes | None], topic: str | N
 
 def encode(values: list[dict[str, Any]]) -> list[bytes | None]:
     return [json.dumps(v, ensure_ascii=False).encode() for v in values]
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.5
+) -> None:
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(interval)

@@ -13,7 +13,7 @@ from consumers.runner import Effects, Record, Runner
 from runtime.kafka import make_consumer
 from runtime.offsets import committed_offsets, high_watermarks
 from runtime.settings import Settings
-from tests.helpers import produce
+from tests.helpers import produce, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,12 +73,6 @@ class Member:
         await self._consumer.stop()
 
 
-async def eventually(condition: functools.partial[object], timeout: float = 60) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.1)
-
-
 async def all_committed(settings: Settings) -> bool:
     ends = await high_watermarks(settings, settings.topic_submitted)
     done = await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
@@ -94,10 +88,10 @@ async def test_the_next_batch_is_prepared_while_one_is_applied(settings: Setting
         async def two_prepared() -> bool:
             return member.handler.prepared >= 2
 
-        await eventually(functools.partial(two_prepared))
+        await wait_until(two_prepared, timeout=60, interval=0.1)
         assert member.handler.applied == []  # the first batch's effects still wait
         member.handler.gate.set()
-        await eventually(functools.partial(all_committed, settings))
+        await wait_until(lambda: all_committed(settings), timeout=60, interval=0.1)
     finally:
         await member.close()
     applied = member.handler.applied
@@ -115,11 +109,11 @@ async def test_a_batch_fetched_before_a_rebalance_is_read_again(settings: Settin
         async def waiting_with_the_next_prepared() -> bool:
             return first.handler.prepared >= 2
 
-        await eventually(functools.partial(waiting_with_the_next_prepared))
+        await wait_until(waiting_with_the_next_prepared, timeout=60, interval=0.1)
         await second.start()  # a rebalance: the revocation waits for the batch in flight
         await asyncio.sleep(3)  # heartbeats every 0.5 s: the revocation is waiting by now
         first.handler.gate.set()  # the batch in flight commits; the one prepared is dropped
-        await eventually(functools.partial(all_committed, settings))
+        await wait_until(lambda: all_committed(settings), timeout=60, interval=0.1)
     finally:
         await first.close()
         await second.close()

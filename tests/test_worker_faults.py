@@ -14,7 +14,7 @@ import asyncio
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from runtime.kafka import make_consumer, make_producer
 from runtime.offsets import committed_offsets, high_watermarks
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
-from tests.helpers import CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, encode, produce, submission, wait_until
 from tests.invariants import History, Told, check, lag, uncovered_commits
 from tests.processes import JOIN_TIMEOUT_S, WorkerProcess, Workers
 from tests.test_failpoints import process_state
@@ -58,14 +58,6 @@ async def send(settings: Settings, history: History, bodies: list[dict[str, Any]
     await produce(settings, encode(bodies))
     for body in bodies:
         history.record(body, told=Told.ACKNOWLEDGED)
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.5
-) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(interval)
 
 
 async def nothing_left(settings: Settings) -> bool:
