@@ -81,7 +81,7 @@ def _build(
     values: dict[str, Any], *, campaign: str, source: str, now: datetime | None
 ) -> Submission | EdgeRejection:
     now = now or datetime.now(UTC)
-    values.setdefault("submission_id", str(uuid.uuid4()))
+    values.setdefault("submission_id", uuid.uuid4())
     values.setdefault("submitted_at", now)
     values["campaign"] = campaign
     values["source"] = source

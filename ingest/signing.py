@@ -9,7 +9,6 @@ acknowledged the submission. A duplicate signer gets exactly a first signer's an
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,7 +45,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        return json.dumps(self.payload, ensure_ascii=False).encode()
+        return orjson.dumps(self.payload)
 
 
 def problem(status: int, field_name: str, reason: str, **headers: str) -> Answer:
@@ -102,7 +102,8 @@ class Signer:
                 )
                 for s in submissions
             ]
-            await asyncio.wait_for(asyncio.gather(*futures), timeout=15)
+            async with asyncio.timeout(15):
+                await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
             PRODUCE_ERRORS.labels(type(exc).__name__).inc()
             return problem(503, "(service)", "broker_unavailable", **{"Retry-After": "2"})

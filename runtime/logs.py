@@ -8,10 +8,12 @@ a signer's name, email or postcode: callers log ids, counts, reason codes and du
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
+import orjson
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -41,7 +43,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if as_json
         # Plain tracebacks: rich's would print local variables, and those can be PII.
         else structlog.dev.ConsoleRenderer(
@@ -73,6 +75,15 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     # uvicorn's access log would duplicate our canonical request line.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _json_line(event: structlog.types.EventDict, **options: Any) -> str:
+    """orjson: about three times as fast as the standard library on a request's line.
+    What it refuses (an integer past 64 bits, say) goes to the standard library."""
+    try:
+        return orjson.dumps(event, default=options.get("default")).decode()
+    except TypeError:
+        return json.dumps(event, **options)
 
 
 def _identity(
