@@ -22,14 +22,14 @@ from aiokafka import AIOKafkaProducer
 from consumers.deadletters import dead_letter
 from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
-from consumers.validate import Rejection, decode, dedupe_key
+from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_statuses
 from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus
 from schemas.reasons import Reason
-from schemas.submission import Submission
+from schemas.submission import Fields
 
 
 class PersistHandler:
@@ -56,7 +56,7 @@ class PersistHandler:
         valid: list[tuple[Record, StagingRow]] = []
         rejected: list[tuple[Record, Rejection]] = []
         for n, record in enumerate(records, 1):
-            outcome = decode(record.value, self._max_record_bytes)
+            outcome = decode_fields(record.value, self._max_record_bytes)
             if isinstance(outcome, Rejection):
                 rejected.append((record, outcome))
             else:
@@ -124,22 +124,9 @@ class PersistHandler:
             **{f"rejected_{reason}": n for reason, n in sorted(reasons.items())},
         }
 
-    def _row(self, s: Submission) -> StagingRow:
-        return (
-            s.submission_id,
-            s.campaign,
-            dedupe_key(self._secret, s.email),
-            s.first_name,
-            s.last_name,
-            s.email,
-            s.country,
-            s.postcode,
-            s.consent,
-            s.language,
-            s.source,
-            s.submitted_at,
-            s.received_at,
-        )
+    def _row(self, f: Fields) -> StagingRow:
+        """The staging row: the submission's values with the dedupe key after the campaign."""
+        return (f[0], f[1], dedupe_key(self._secret, f[4]), *f[2:])
 
 
 _YIELD_EVERY = 500  # records decoded between turns of the event loop
@@ -157,6 +144,8 @@ def _reused(
     An id belongs to the row already stored under it, else to its first record in the
     batch. A repeat with the owner's campaign and dedupe key is a redelivery: nothing to do.
     """
+    if not repeats and not stored_elsewhere:  # the common batch: nothing to look up
+        return []
     owners = {sid: (row[1], row[2]) for sid, (_, row) in firsts.items()}
     owners.update(stored_elsewhere)
     refused = [(firsts[sid][0], _REUSED) for sid in stored_elsewhere]

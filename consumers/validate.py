@@ -8,9 +8,17 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from schemas.common_record import read_common
 from schemas.reasons import Reason
-from schemas.strict_json import JsonRefused, load_json
-from schemas.submission import FieldError, Submission, describe, field_errors, primary_reason
+from schemas.strict_json import JsonRefused, key_ends, load_json
+from schemas.submission import (
+    FieldError,
+    Fields,
+    Submission,
+    describe,
+    field_errors,
+    primary_reason,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,18 @@ def _hmac_pads(secret: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     )
 
 
+def decode_fields(value: bytes | None, max_bytes: int) -> Fields | Rejection:
+    """A record's normalised values, or why it is refused: `decode`, made faster.
+
+    The common record is read without the model (schemas.common_record), everything else
+    by `decode`; both give the same values for every record the reader decides.
+    """
+    if value and len(value) <= max_bytes and (fields := read_common(value)) is not None:
+        return fields
+    outcome = decode(value, max_bytes)
+    return outcome if isinstance(outcome, Rejection) else outcome.fields()
+
+
 def decode(value: bytes | None, max_bytes: int) -> Submission | Rejection:
     """Parse and validate one record's value. Never raises on bad input.
 
@@ -66,19 +86,6 @@ def decode(value: bytes | None, max_bytes: int) -> Submission | Rejection:
     if key_ends(value) != len(submission.model_fields_set):
         return decode_strictly(value)
     return submission
-
-
-def key_ends(value: bytes) -> int:
-    """How often `"` is followed by `:`, with only whitespace between: once per key of a
-    JSON object, and more if a string value holds the pair, never fewer.
-
-    The same count as the regex `"\\s*:` in under half its time: whitespace removed,
-    the pair counted.
-    """
-    return value.translate(None, _WHITESPACE).count(b'":')
-
-
-_WHITESPACE = b" \t\n\r\f\v"  # what `\s` matches in a bytes pattern
 
 
 def decode_strictly(value: bytes) -> Submission | Rejection:

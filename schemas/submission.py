@@ -159,14 +159,15 @@ def normalise_email(value: str) -> str:
     return normalized
 
 
-def _country(value: str) -> str:
+def normalise_country(value: str) -> str:
     code = value.strip().upper()
     if code not in ISO_3166_ALPHA2:
         raise _fail(Reason.INVALID_COUNTRY, "must be an ISO 3166-1 alpha-2 country code")
     return code
 
 
-def _timestamp(value: datetime) -> datetime:
+def plausible_time(value: datetime) -> datetime:
+    """In UTC, if it lies between 2000 and a few minutes from now."""
     value = value.astimezone(UTC)
     seconds = value.timestamp()
     if seconds < _EARLIEST_S or seconds > time.time() + _CLOCK_SKEW_S:
@@ -189,10 +190,10 @@ Email = Annotated[
 Country = Annotated[
     str,
     Strict(),
-    AfterValidator(_country),
+    AfterValidator(normalise_country),
     Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$"}),
 ]
-Timestamp = Annotated[AwareDatetime, AfterValidator(_timestamp)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(plausible_time)]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
 Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
@@ -216,6 +217,32 @@ class Submission(BaseModel):
     received_at: AwareDatetime | None = Field(
         default=None, description="When the ingest API received it (set by the API)"
     )
+
+    def fields(self) -> Fields:
+        """Its values in the order of `Fields`, as the persist worker stores them."""
+        return (
+            self.submission_id,
+            self.campaign,
+            self.first_name,
+            self.last_name,
+            self.email,
+            self.country,
+            self.postcode,
+            self.consent,
+            self.language,
+            self.source,
+            self.submitted_at,
+            self.received_at,
+        )
+
+
+# A valid submission's values, normalised, in this order: submission_id, campaign,
+# first_name, last_name, email, country, postcode, consent, language, source,
+# submitted_at, received_at. What `Submission.fields()` and the common-record reader
+# (schemas.common_record) both give.
+Fields = tuple[
+    UUID, str, str, str, str, str, str | None, bool, str | None, str, datetime, datetime | None
+]
 
 
 @dataclass(frozen=True, slots=True)

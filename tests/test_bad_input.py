@@ -47,6 +47,7 @@ from tests.conftest import make_settings
 from tests.helpers import CAMPAIGN, submission
 from tests.invariants import History, Told, check
 from tests.pipeline import serving_api
+from tests.test_common_record import agrees_with_the_model
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MAX_RECORD_BYTES = 16_384
@@ -517,10 +518,11 @@ def assert_clear_answer(outcome: Submission | Rejection, pii: tuple[str, ...]) -
 
 
 def decoded_once(raw: bytes | None) -> Submission | Rejection:
-    """`decode`, checked against the strict reading: the fast path never decides otherwise."""
+    """`decode`, checked against the strict reading: the fast paths never decide otherwise."""
     outcome = decode(raw, MAX_RECORD_BYTES)
     if raw and len(raw) <= MAX_RECORD_BYTES:
         assert outcome == decode_strictly(raw)
+        agrees_with_the_model(raw)  # nor does the common-record reader
     return outcome
 
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_core import PydanticCustomError
 
-from consumers.validate import Rejection, decode, dedupe_key, key_ends
+from consumers.validate import Rejection, decode, dedupe_key
 from schemas.reasons import Reason
+from schemas.strict_json import key_ends
 from schemas.submission import NAME_MAX, Submission, clean_text, clean_unicode
 
 SECRET = b"k" * 32
