@@ -172,12 +172,10 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
 async def _add_totals(
     conn: Conn, inserted: list[StoredSignature], duplicates: Counter[str]
 ) -> dict[str, int]:
-    breakdown: Counter[tuple[str, str, str]] = Counter()
-    totals: Counter[str] = Counter()
-    for signature in inserted:
-        totals[signature.campaign] += 1
-        breakdown[(signature.campaign, "country", signature.country)] += 1
-        breakdown[(signature.campaign, "source", signature.source)] += 1
+    # counted in C (Counter over an iterable), not one `+=` per signature and dimension
+    totals = Counter(s.campaign for s in inserted)
+    breakdown = Counter((s.campaign, "country", s.country) for s in inserted)
+    breakdown.update((s.campaign, "source", s.source) for s in inserted)
     if breakdown:
         keys = sorted(breakdown)
         await conn.execute(
