@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC
-from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -14,6 +13,7 @@ from consumers.validate import Rejection, decode, decode_fields
 from ingest.loadgen import generate, submission_message
 from schemas.common_record import read_common
 from schemas.submission import Submission
+from tests.helpers import submission
 
 MAX_BYTES = 16_384
 
@@ -34,20 +34,6 @@ def agrees_with_the_model(raw: bytes) -> bool:
     return True
 
 
-def base() -> dict[str, Any]:
-    return {
-        "submission_id": "0b6c7c2e-5d7a-4a57-9f1e-3c2f1d0a9b8c",
-        "campaign": "cecenia",
-        "first_name": "Ottavia",
-        "last_name": "Quarantotto",
-        "email": "ottavia.q@example.org",
-        "country": "IT",
-        "consent": True,
-        "source": "web",
-        "submitted_at": "2026-03-01T12:00:00+00:00",
-    }
-
-
 def test_the_realistic_load_is_nearly_all_decided_here_and_as_the_model_decides() -> None:
     decided = valid = 0
     for item in generate(5_000, seed=3):
@@ -58,7 +44,7 @@ def test_the_realistic_load_is_nearly_all_decided_here_and_as_the_model_decides(
 
 
 def test_what_the_worker_stores_is_the_same_either_way() -> None:
-    raw = json.dumps({**base(), "received_at": "2026-03-01T12:00:01.5+01:00"}).encode()
+    raw = json.dumps({**submission(), "received_at": "2026-03-01T12:00:01.5+01:00"}).encode()
     assert agrees_with_the_model(raw)
     outcome = decode(raw, MAX_BYTES)
     assert isinstance(outcome, Submission)
@@ -116,12 +102,12 @@ VARIANTS: dict[str, st.SearchStrategy[object]] = {
 @example({"submission_id": "0B6C7C2E-5D7A-4A57-9F1E-3C2F1D0A9B8C"})
 @example({"received_at": None})
 def test_near_valid_records_are_decided_as_the_model_decides(changes: dict[str, object]) -> None:
-    agrees_with_the_model(json.dumps({**base(), **changes}, ensure_ascii=False).encode())
+    agrees_with_the_model(json.dumps({**submission(), **changes}, ensure_ascii=False).encode())
 
 
 @given(st.sampled_from(sorted(VARIANTS)), st.booleans())
 def test_a_missing_or_unknown_key_is_left_to_the_model(field: str, unknown: bool) -> None:
-    record = base()
+    record = submission()
     if unknown:
         record[field + "_x"] = "x"
     else:
@@ -133,5 +119,5 @@ def test_a_missing_or_unknown_key_is_left_to_the_model(field: str, unknown: bool
 
 
 def test_a_key_given_twice_is_left_to_the_model() -> None:
-    raw = json.dumps(base()).encode()[:-1] + b', "consent": false}'
+    raw = json.dumps(submission()).encode()[:-1] + b', "consent": false}'
     assert read_common(raw) is None
