@@ -28,6 +28,7 @@ from schemas.submission import (
     Fields,
     Submission,
     clean_text,
+    in_utc,
     normalise_country,
     normalise_email,
     plausible_time,
@@ -98,7 +99,7 @@ def read_common(value: bytes) -> Fields | None:
             language,
             source,
             plausible_time(datetime.fromisoformat(submitted)),
-            None if received is None else datetime.fromisoformat(received),
+            None if received is None else in_utc(datetime.fromisoformat(received)),
         )
     except (ValueError, PydanticCustomError):  # out of range, or refused: the model says why
         return None

@@ -166,9 +166,17 @@ def normalise_country(value: str) -> str:
     return code
 
 
+def in_utc(value: datetime) -> datetime:
+    """The same instant in UTC, if UTC can hold it: 0001-01-01T00:00+01:00 it cannot."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise _fail(Reason.INVALID_TIMESTAMP, "is out of range") from None
+
+
 def plausible_time(value: datetime) -> datetime:
     """In UTC, if it lies between 2000 and a few minutes from now."""
-    value = value.astimezone(UTC)
+    value = in_utc(value)
     seconds = value.timestamp()
     if seconds < _EARLIEST_S or seconds > time.time() + _CLOCK_SKEW_S:
         raise _fail(Reason.INVALID_TIMESTAMP, "is not a plausible time")
@@ -214,7 +222,7 @@ class Submission(BaseModel):
     language: Annotated[str, Field(pattern=LANGUAGE_PATTERN)] | None = None
     source: Source = Field(description="web, partner:<org> or import:<name>")
     submitted_at: Timestamp
-    received_at: AwareDatetime | None = Field(
+    received_at: Annotated[AwareDatetime, AfterValidator(in_utc)] | None = Field(
         default=None, description="When the ingest API received it (set by the API)"
     )
 

@@ -98,6 +98,8 @@ VARIANTS: dict[str, st.SearchStrategy[object]] = {
 @example({"submitted_at": "2026-03-01T12:00:00+12:60"})
 @example({"submitted_at": "2026-03-01T23:59:60Z"})
 @example({"submitted_at": "0001-01-01T00:00:00Z"})
+@example({"submitted_at": "0001-01-01T00:00:00+02:20"})
+@example({"received_at": "9999-12-31T23:59:59-05:00"})
 @example({"campaign": "cecenia\n"})
 @example({"submission_id": "0B6C7C2E-5D7A-4A57-9F1E-3C2F1D0A9B8C"})
 @example({"received_at": None})
