@@ -16,9 +16,11 @@ from runtime.db import apply_migrations, create_pool, ensure_database
 from runtime.kafka import make_producer
 from runtime.settings import Settings
 from runtime.topics import ensure_topics
-from schemas.campaign import NewCampaign
+from schemas.campaign import Confirmation, NewCampaign
 
-CAMPAIGN = NewCampaign(slug="bench", title="Benchmark", target="Nobody", goal=200_000)
+CAMPAIGN = NewCampaign(
+    slug="bench", title="Benchmark", target="Nobody", goal=200_000, confirmation=Confirmation.OFF
+)
 
 
 @dataclass(frozen=True)

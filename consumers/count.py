@@ -37,8 +37,16 @@ log = get_logger("consumers.count")
 class CountHandler:
     name = "count"
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        *,
+        public_min_count: int,
+    ) -> None:
         self._pool = pool
+        self._min_count = public_min_count
         self._producer = producer
         self._topics = topics
         self._published: dict[str, int] = {}
@@ -71,7 +79,7 @@ class CountHandler:
                 return 0
             totals = [
                 t
-                for t in await read_totals(self._pool, campaigns)
+                for t in await read_totals(self._pool, campaigns, min_count=self._min_count)
                 if t.version != self._published.get(t.campaign)
             ]
             failpoint("count.before_publish")

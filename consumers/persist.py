@@ -23,11 +23,11 @@ from consumers.deadletters import dead_letter
 from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode_fields, dedupe_key
-from runtime.campaigns import campaign_statuses
+from runtime.campaigns import campaign_rules
 from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
 from runtime.topics import Topics
-from schemas.campaign import CampaignStatus
+from schemas.campaign import CampaignStatus, Confirmation
 from schemas.reasons import Reason
 from schemas.submission import Fields
 
@@ -77,7 +77,9 @@ class PersistHandler:
         started = time.perf_counter()
         rejected = list(rejected)
         async with self._pool.acquire() as conn, conn.transaction():
-            statuses = await campaign_statuses(conn)
+            rules = await campaign_rules(conn)
+            statuses = {slug: status for slug, (status, _) in rules.items()}
+            confirm = {slug for slug, (_, c) in rules.items() if c is Confirmation.REQUIRED}
             firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
             repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
             for record, row in valid:
@@ -92,7 +94,7 @@ class PersistHandler:
                     )
                 elif firsts.setdefault(row[0], (record, row))[1] is not row:
                     repeats.append((record, row))
-            result = await write_batch(conn, [row for _, row in firsts.values()])
+            result = await write_batch(conn, [row for _, row in firsts.values()], confirm)
             rejected.extend(_reused(firsts, repeats, result.reused))
             failpoint("persist.before_db_commit")
         failpoint("persist.after_db_commit")
@@ -118,8 +120,9 @@ class PersistHandler:
             "db_ms": round((stored - started) * 1000),
             "produce_ms": round((time.perf_counter() - stored) * 1000),
             "inserted": len(result.inserted),
-            "redelivered": len(result.already_stored),
+            "redelivered": len(result.already_stored) + result.removed,
             "duplicates": result.duplicates,
+            "resends": result.resends,
             "dead_lettered": len(rejected),
             **{f"rejected_{reason}": n for reason, n in sorted(reasons.items())},
         }
@@ -164,7 +167,8 @@ def _accepted(signature: StoredSignature, now: str, version: int) -> OutgoingRec
     value = (
         f'{{"signature_id":{signature.signature_id},"submission_id":"{signature.submission_id}",'
         f'"campaign":"{signature.campaign}","country":"{signature.country}",'
-        f'"source":"{signature.source}","submitted_at":"{signature.submitted_at.isoformat()}",'
+        f'"source":"{signature.source}","state":"{signature.state}",'
+        f'"submitted_at":"{signature.submitted_at.isoformat()}",'
         f'"accepted_at":"{now}","totals_version":{version}}}'
     )
     return (signature.campaign.encode(), value.encode(), [])

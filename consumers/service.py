@@ -59,7 +59,9 @@ async def run_worker(
             handler = PersistHandler(pool, producer, topics, secret, settings.max_record_bytes)
             group, topic = settings.persist_group, topics.submitted
         else:
-            counter = CountHandler(pool, producer, topics)
+            counter = CountHandler(
+                pool, producer, topics, public_min_count=settings.public_min_count
+            )
             handler = counter
             group, topic = settings.count_group, topics.accepted
             await counter.publish_changed()

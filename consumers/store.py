@@ -3,11 +3,16 @@
 COPY into a per-connection staging table, then one `INSERT … ON CONFLICT DO NOTHING`
 (unique submission_id; unique campaign + dedupe key), then the totals of what was really
 inserted, once per batch. Running it twice for the same batch changes nothing.
+
+On a campaign that requires confirmation a new signature is stored `pending`: it is
+counted for operators, not in public. A person who signs again while still pending gets
+the link again (a 'resend' in the mail outbox, within the mail worker's limit).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -15,6 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
+from runtime.counts import BreakdownKey, add_counts
 from runtime.db import Conn
 
 STAGING_COLUMNS = (
@@ -57,13 +63,16 @@ class StoredSignature(NamedTuple):  # one per row: a tuple builds 3x faster than
     country: str
     source: str
     submitted_at: datetime
+    state: str  # pending or confirmed when stored; as stored now when redelivered
 
 
 @dataclass(slots=True)
 class BatchResult:
     inserted: list[StoredSignature] = field(default_factory=list)
     already_stored: list[StoredSignature] = field(default_factory=list)  # redelivered
+    removed: int = 0  # redelivered, but removed by its owner since: nothing to announce
     duplicates: int = 0  # same person again, under a new submission id
+    resends: int = 0  # of those, repeats of a pending signer: the link goes out again
     # ids already stored for another person or campaign, with the stored row's campaign and
     # dedupe key: these rows are neither stored nor counted
     reused: dict[UUID, tuple[str, bytes]] = field(default_factory=dict)
@@ -73,17 +82,19 @@ class BatchResult:
 
 _INSERT = """
 INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, email,
-                        country, postcode, consent, language, source, submitted_at, received_at)
+                        country, postcode, consent, language, source, submitted_at, received_at,
+                        state)
 SELECT submission_id, campaign, email_hash, first_name, last_name, email,
-       country, postcode, consent, language, source, submitted_at, received_at
+       country, postcode, consent, language, source, submitted_at, received_at,
+       CASE WHEN campaign = ANY($1::text[]) THEN 'pending' ELSE 'confirmed' END
 FROM staging_signatures
 ORDER BY campaign, email_hash, submitted_at  -- one lock order for all workers; earliest wins
 ON CONFLICT DO NOTHING
-RETURNING id, submission_id
+RETURNING id, submission_id, state
 """
 
 _ALREADY_STORED = """
-SELECT id, submission_id, campaign, email_hash, country, source, submitted_at
+SELECT id, submission_id, campaign, email_hash, country, source, submitted_at, state
 FROM signatures WHERE submission_id = ANY($1::uuid[])
 """
 
@@ -94,22 +105,16 @@ ON CONFLICT DO NOTHING
 RETURNING campaign
 """
 
-_ADD_BREAKDOWN = """
-INSERT INTO campaign_breakdown (campaign, dimension, key, count)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(c, dim, k, n)
-ORDER BY c, dim, k
-ON CONFLICT (campaign, dimension, key)
-DO UPDATE SET count = campaign_breakdown.count + excluded.count
+# A repeat of a signer still pending asks for the link again; keyed by the repeat, so
+# a redelivery asks nothing more.
+_QUEUE_RESENDS = """
+INSERT INTO mail_outbox (prompted_by, kind, submission_id, campaign)
+SELECT d.prompted_by, 'resend', s.submission_id, s.campaign
+FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS d(prompted_by, campaign, email_hash)
+JOIN signatures s ON s.campaign = d.campaign AND s.email_hash = d.email_hash
+WHERE s.state = 'pending'
+ON CONFLICT DO NOTHING
 """
-
-_ADD_TOTAL = """
-UPDATE campaign_totals
-SET total = total + $2, duplicates = duplicates + $3, version = version + 1, updated_at = now()
-WHERE campaign = $1
-RETURNING version
-"""
-
-_VERSIONS = "SELECT campaign, version FROM campaign_totals WHERE campaign = ANY($1::text[])"
 
 
 def _stored(row: asyncpg.Record) -> StoredSignature:
@@ -120,24 +125,28 @@ def _stored(row: asyncpg.Record) -> StoredSignature:
         country=row["country"],
         source=row["source"],
         submitted_at=row["submitted_at"],
+        state=row["state"],
     )
 
 
-async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
+async def write_batch(
+    conn: Conn, rows: list[StagingRow], confirm: Collection[str] = ()
+) -> BatchResult:
     """Insert what is new, count what is a duplicate; the caller owns the transaction.
 
     `rows` must have distinct submission ids. A submission id already stored with the same
     campaign and dedupe key is a redelivery (nothing changes); with another, it is reused.
+    New signatures of the campaigns in `confirm` are stored pending.
     """
     result = BatchResult()
     if not rows:
         return result
     await conn.copy_records_to_table("staging_signatures", records=rows, columns=STAGING_COLUMNS)
     by_id = {row[0]: row for row in rows}
-    for signature_id, submission_id in await conn.fetch(_INSERT):
+    for signature_id, submission_id, state in await conn.fetch(_INSERT, list(confirm)):
         row = by_id[submission_id]
         result.inserted.append(
-            StoredSignature(signature_id, submission_id, row[1], row[6], row[10], row[11])
+            StoredSignature(signature_id, submission_id, row[1], row[6], row[10], row[11], state)
         )
 
     inserted_ids = {s.submission_id for s in result.inserted}
@@ -145,7 +154,9 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
     if leftovers:
         for stored in await conn.fetch(_ALREADY_STORED, list(leftovers)):
             row = leftovers.pop(stored["submission_id"])
-            if (stored["campaign"], stored["email_hash"]) == (row[1], row[2]):
+            if stored["state"] == "removed" and stored["campaign"] == row[1]:
+                result.removed += 1  # its owner removed it: it stays removed
+            elif (stored["campaign"], stored["email_hash"]) == (row[1], row[2]):
                 result.already_stored.append(_stored(stored))
             else:
                 result.reused[row[0]] = (stored["campaign"], stored["email_hash"])
@@ -160,34 +171,37 @@ async def write_batch(conn: Conn, rows: list[StagingRow]) -> BatchResult:
         )
         new_duplicates.update(row["campaign"] for row in recorded)
         result.duplicates = len(dupes)
+        repeats = [row for row in dupes if row[1] in confirm]
+        if repeats:
+            status = await conn.execute(
+                _QUEUE_RESENDS,
+                [row[0] for row in repeats],
+                [row[1] for row in repeats],
+                [row[2] for row in repeats],
+            )
+            result.resends = int(status.rsplit(" ", 1)[1])
 
-    result.versions = await _add_totals(conn, result.inserted, new_duplicates)
-    unversioned = {s.campaign for s in result.already_stored} - result.versions.keys()
-    if unversioned:
-        for campaign, version in await conn.fetch(_VERSIONS, sorted(unversioned)):
-            result.versions[campaign] = version
+    result.versions = await _add_totals(
+        conn, result.inserted, new_duplicates, {s.campaign for s in result.already_stored}
+    )
     return result
 
 
 async def _add_totals(
-    conn: Conn, inserted: list[StoredSignature], duplicates: Counter[str]
+    conn: Conn,
+    inserted: list[StoredSignature],
+    duplicates: Counter[str],
+    also: set[str],
 ) -> dict[str, int]:
     # counted in C (Counter over an iterable), not one `+=` per signature and dimension
-    totals = Counter(s.campaign for s in inserted)
-    breakdown = Counter((s.campaign, "country", s.country) for s in inserted)
-    breakdown.update((s.campaign, "source", s.source) for s in inserted)
-    if breakdown:
-        keys = sorted(breakdown)
-        await conn.execute(
-            _ADD_BREAKDOWN,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [breakdown[k] for k in keys],
-        )
-    versions = {}
-    for campaign in sorted(set(totals) | set(duplicates)):
-        versions[campaign] = await conn.fetchval(
-            _ADD_TOTAL, campaign, totals[campaign], duplicates[campaign]
-        )
-    return versions
+    counted = [s for s in inserted if s.state == "confirmed"]
+    breakdown: Counter[BreakdownKey] = Counter((s.campaign, "country", s.country) for s in counted)
+    breakdown.update((s.campaign, "source", s.source) for s in counted)
+    return await add_counts(
+        conn,
+        counted=Counter(s.campaign for s in counted),
+        pending=Counter(s.campaign for s in inserted if s.state == "pending"),
+        duplicates=duplicates,
+        breakdown=breakdown,
+        campaigns=also,
+    )

@@ -26,6 +26,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "of_goal": "{percent} dell'obiettivo",
         "progress_label": "Firme raccolte rispetto all'obiettivo",
         "by_country": "Firme per paese",
+        "other_countries": "Altri paesi",
         "updates": "Aggiornamenti",
         "sign_heading": "Firma la petizione",
         "first_name": "Nome",
@@ -65,6 +66,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "of_goal": "{percent} of the goal",
         "progress_label": "Signatures collected towards the goal",
         "by_country": "Signatures by country",
+        "other_countries": "Other countries",
         "updates": "Updates",
         "sign_heading": "Sign the petition",
         "first_name": "First name",
@@ -144,6 +146,8 @@ class Texts:
         return format_date(value, format="long", locale=self.locale)
 
     def country(self, code: str) -> str:
+        if code == "other":  # the public totals' merged entry for small countries
+            return self("other_countries")
         return str(self.locale.territories.get(code, code))
 
     def countries(self, codes: set[str] | frozenset[str]) -> list[tuple[str, str]]:

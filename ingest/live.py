@@ -50,6 +50,7 @@ class TotalsHub:
         self._subscribers: dict[str, set[Subscriber]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.public_min_count = settings.public_min_count
 
     @property
     def clients(self) -> int:

@@ -72,7 +72,7 @@ async def _totals(hub: TotalsHub, pool: asyncpg.Pool, slug: str) -> CampaignTota
     published = hub.latest(slug)
     if published is not None:
         return published
-    found = await read_totals(pool, [slug])
+    found = await read_totals(pool, [slug], min_count=hub.public_min_count)
     return found[0] if found else None
 
 

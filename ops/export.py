@@ -1,6 +1,7 @@
 """`signatures export`: the signatures of a campaign, for delivery to its target.
 
-Names, country and the date signed; never an email or a postcode. Cells that a
+Confirmed signatures only: names, country and the date signed; never an email or a
+postcode. Cells that a
 spreadsheet would read as a formula (starting with =, +, -, @, tab or carriage return)
 are prefixed with an apostrophe, as OWASP recommends against CSV injection, so a
 name like `=HYPERLINK(…)` arrives as text.
@@ -23,7 +24,11 @@ def safe_cell(value: str) -> str:
 
 
 async def count_signatures(pool: asyncpg.Pool, campaign: str) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM signatures WHERE campaign = $1", campaign))
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed'", campaign
+        )
+    )
 
 
 async def export_csv(
@@ -40,7 +45,7 @@ async def export_csv(
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         cursor = conn.cursor(
             "SELECT first_name, last_name, country, submitted_at FROM signatures "
-            "WHERE campaign = $1 ORDER BY id",
+            "WHERE campaign = $1 AND state = 'confirmed' ORDER BY id",
             campaign,
             prefetch=5_000,
         )

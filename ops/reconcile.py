@@ -27,10 +27,11 @@ from runtime.settings import Settings
 @dataclass(frozen=True)
 class Correction:
     campaign: str
-    total: tuple[int, int]  # stored before, counted now
+    total: tuple[int, int]  # stored before, counted now (confirmed signatures)
     duplicates: tuple[int, int]
     breakdown: dict[str, tuple[int, int]] = field(default_factory=dict)  # "country:IT"
     version: int = 0  # the version that carries the corrected figures (0: unchanged)
+    pending: tuple[int, int] = (0, 0)
 
     @property
     def changed(self) -> bool:
@@ -38,14 +39,16 @@ class Correction:
 
 
 _COUNTS = """
-SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS total,
+SELECT (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed') AS total,
+       (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'pending') AS pending,
        (SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS duplicates
 """
 _BREAKDOWN = """
 SELECT 'country' AS dimension, country AS key, count(*) AS n
-FROM signatures WHERE campaign = $1 GROUP BY country
+FROM signatures WHERE campaign = $1 AND state = 'confirmed' GROUP BY country
 UNION ALL
-SELECT 'source', source, count(*) FROM signatures WHERE campaign = $1 GROUP BY source
+SELECT 'source', source, count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed'
+GROUP BY source
 """
 _SET_BREAKDOWN = """
 INSERT INTO campaign_breakdown (campaign, dimension, key, count)
@@ -54,7 +57,7 @@ ON CONFLICT (campaign, dimension, key) DO UPDATE SET count = excluded.count
 """
 _SET_TOTALS = """
 UPDATE campaign_totals
-SET total = $2, duplicates = $3, version = version + 1, updated_at = now()
+SET total = $2, pending = $3, duplicates = $4, version = version + 1, updated_at = now()
 WHERE campaign = $1
 RETURNING version
 """
@@ -64,7 +67,7 @@ async def reconcile_campaign(conn: Conn, campaign: str) -> Correction:
     async with conn.transaction():
         await conn.execute("LOCK TABLE campaign_breakdown IN SHARE ROW EXCLUSIVE MODE")
         stored = await conn.fetchrow(
-            "SELECT total, duplicates FROM campaign_totals WHERE campaign = $1 FOR UPDATE",
+            "SELECT total, pending, duplicates FROM campaign_totals WHERE campaign = $1 FOR UPDATE",
             campaign,
         )
         if stored is None:
@@ -91,29 +94,43 @@ async def reconcile_campaign(conn: Conn, campaign: str) -> Correction:
             total=(stored["total"], counted["total"]),
             duplicates=(stored["duplicates"], counted["duplicates"]),
             breakdown=breakdown,
+            pending=(stored["pending"], counted["pending"]),
         )
-        if correction.total[0] == correction.total[1] and (
-            correction.duplicates[0] == correction.duplicates[1] and not breakdown
+        if (
+            correction.total[0] == correction.total[1]
+            and correction.duplicates[0] == correction.duplicates[1]
+            and correction.pending[0] == correction.pending[1]
+            and not breakdown
         ):
             return correction
         for key, (_, count) in breakdown.items():
             dimension, value = key.split(":", 1)
             await conn.execute(_SET_BREAKDOWN, campaign, dimension, value, count)
         version = await conn.fetchval(
-            _SET_TOTALS, campaign, counted["total"], counted["duplicates"]
+            _SET_TOTALS, campaign, counted["total"], counted["pending"], counted["duplicates"]
         )
         return Correction(
-            campaign, correction.total, correction.duplicates, breakdown, int(version)
+            campaign,
+            correction.total,
+            correction.duplicates,
+            breakdown,
+            int(version),
+            correction.pending,
         )
 
 
 async def publish(
-    producer: AIOKafkaProducer, pool: asyncpg.Pool, topic: str, campaigns: list[str]
+    producer: AIOKafkaProducer,
+    pool: asyncpg.Pool,
+    topic: str,
+    campaigns: list[str],
+    *,
+    min_count: int,
 ) -> None:
     """The current totals of these campaigns on the totals topic (readers keep the highest)."""
     futures = [
         await producer.send(topic, key=t.campaign.encode(), value=t.model_dump_json().encode())
-        for t in await read_totals(pool, campaigns)
+        for t in await read_totals(pool, campaigns, min_count=min_count)
     ]
     for future in futures:
         await future
@@ -148,7 +165,9 @@ async def reconcile(
         producer = make_producer(settings)
         await producer.start()
         try:
-            await publish(producer, pool, settings.topic_totals, changed)
+            await publish(
+                producer, pool, settings.topic_totals, changed, min_count=settings.public_min_count
+            )
         finally:
             await producer.stop()
     return corrections

@@ -13,6 +13,7 @@ from schemas.campaign import (
     CampaignChanges,
     CampaignStatus,
     CampaignUpdate,
+    Confirmation,
     NewCampaign,
     NewCampaignUpdate,
 )
@@ -31,13 +32,14 @@ async def create_campaign(pool: asyncpg.Pool, new: NewCampaign) -> Campaign:
     async with pool.acquire() as conn, conn.transaction():
         try:
             row = await conn.fetchrow(
-                """INSERT INTO campaigns (slug, title, target, goal, description)
-                   VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                """INSERT INTO campaigns (slug, title, target, goal, description, confirmation)
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
                 new.slug,
                 new.title,
                 new.target,
                 new.goal,
                 new.description,
+                new.confirmation.value,
             )
         except asyncpg.UniqueViolationError:
             raise CampaignExists(new.slug) from None
@@ -70,31 +72,51 @@ async def campaign_statuses(conn: Queryable) -> dict[str, CampaignStatus]:
     return {row["slug"]: CampaignStatus(row["status"]) for row in rows}
 
 
+async def campaign_rules(conn: Queryable) -> dict[str, tuple[CampaignStatus, Confirmation]]:
+    """Per campaign: open or closed, and whether new signatures wait for confirmation."""
+    rows = await conn.fetch("SELECT slug, status, confirmation FROM campaigns")
+    return {
+        row["slug"]: (CampaignStatus(row["status"]), Confirmation(row["confirmation"]))
+        for row in rows
+    }
+
+
 _TOTALS_SQL = """
 SELECT t.campaign, t.total, t.version, t.updated_at, c.goal, c.status,
        coalesce((SELECT jsonb_object_agg(b.key, b.count) FROM campaign_breakdown b
-                 WHERE b.campaign = t.campaign AND b.dimension = 'country'), '{}') AS by_country,
-       coalesce((SELECT jsonb_object_agg(b.key, b.count) FROM campaign_breakdown b
-                 WHERE b.campaign = t.campaign AND b.dimension = 'source'), '{}') AS by_source
+                 WHERE b.campaign = t.campaign AND b.dimension = 'country' AND b.count > 0),
+                '{}') AS by_country
 FROM campaign_totals t JOIN campaigns c ON c.slug = t.campaign
 """
 
+OTHER = "other"  # where countries too small to show on their own are counted
 
-def _totals(row: asyncpg.Record) -> CampaignTotals:
+
+def public_by_country(counts: dict[str, int], min_count: int) -> dict[str, int]:
+    """Countries with fewer than `min_count` signatures merged into one "other" entry, so
+    that a rare country cannot single a person out."""
+    shown = {country: n for country, n in counts.items() if n >= min_count}
+    merged = sum(n for country, n in counts.items() if n < min_count)
+    return {**dict(sorted(shown.items())), OTHER: merged} if merged else dict(sorted(shown.items()))
+
+
+def _totals(row: asyncpg.Record, min_count: int) -> CampaignTotals:
     values: dict[str, Any] = dict(row)
-    values["by_country"] = json.loads(values["by_country"])
-    values["by_source"] = json.loads(values["by_source"])
+    values["by_country"] = public_by_country(json.loads(values["by_country"]), min_count)
     return CampaignTotals.model_validate(values)
 
 
-async def read_totals(conn: Queryable, campaigns: list[str] | None = None) -> list[CampaignTotals]:
+async def read_totals(
+    conn: Queryable, campaigns: list[str] | None = None, *, min_count: int = 10
+) -> list[CampaignTotals]:
+    """The public totals: confirmed signatures only, small countries merged, no sources."""
     if campaigns is None:
         rows = await conn.fetch(_TOTALS_SQL + " ORDER BY t.campaign")
     else:
         rows = await conn.fetch(
             _TOTALS_SQL + " WHERE t.campaign = ANY($1::text[]) ORDER BY t.campaign", campaigns
         )
-    return [_totals(row) for row in rows]
+    return [_totals(row, min_count) for row in rows]
 
 
 async def totals_versions(conn: Queryable) -> dict[str, int]:
@@ -103,10 +125,12 @@ async def totals_versions(conn: Queryable) -> dict[str, int]:
 
 
 async def counted_rows(conn: Queryable) -> dict[str, int]:
-    """COUNT(*) of signatures per campaign, for checking the totals against the rows."""
+    """COUNT(*) of the counted (confirmed) signatures per campaign, for checking the totals
+    against the rows."""
     rows = await conn.fetch(
         "SELECT c.slug, count(s.id) AS n FROM campaigns c "
-        "LEFT JOIN signatures s ON s.campaign = c.slug GROUP BY c.slug"
+        "LEFT JOIN signatures s ON s.campaign = c.slug AND s.state = 'confirmed' "
+        "GROUP BY c.slug"
     )
     return {row["slug"]: int(row["n"]) for row in rows}
 
@@ -117,22 +141,28 @@ async def get_campaign(conn: Queryable, slug: str) -> Campaign | None:
 
 
 async def update_campaign(pool: asyncpg.Pool, slug: str, changes: CampaignChanges) -> Campaign:
-    """Change title, target, goal or description; the totals version moves on (goal)."""
-    values = changes.model_dump(exclude_none=True)
+    """Change title, target, goal, description or confirmation; the totals version moves on
+    when the goal changes (a public number). A change of confirmation applies to signatures
+    stored from then on: those already pending still wait for their owners."""
+    values = changes.model_dump(exclude_none=True, mode="json")
     async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchval("SELECT goal FROM campaigns WHERE slug = $1", slug)
         row = await conn.fetchrow(
             """UPDATE campaigns SET title = coalesce($2, title), target = coalesce($3, target),
-                      goal = coalesce($4, goal), description = coalesce($5, description)
+                      goal = coalesce($4, goal), description = coalesce($5, description),
+                      confirmation = coalesce($6, confirmation)
                WHERE slug = $1 RETURNING *""",
             slug,
             values.get("title"),
             values.get("target"),
             values.get("goal"),
             values.get("description"),
+            values.get("confirmation"),
         )
         if row is None:
             raise UnknownCampaign(slug)
-        await _republish(conn, slug)
+        if row["goal"] != before:
+            await _republish(conn, slug)
     return Campaign.model_validate(dict(row))
 
 

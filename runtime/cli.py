@@ -39,6 +39,13 @@ log = get_logger("runtime.cli")
 out = Console()
 
 Host = Annotated[str | None, typer.Option(help="Address to listen on [SIGNATURES_API_HOST]")]
+ConfirmationOption = Annotated[
+    str,
+    typer.Option(
+        help="required: a signature counts once its owner confirms it by email (double "
+        "opt-in); off: it counts at once, for sources that confirmed people themselves"
+    ),
+]
 Port = Annotated[int | None, typer.Option(help="Port to listen on [SIGNATURES_API_PORT]")]
 
 
@@ -317,21 +324,26 @@ def campaign_create(
     target: Annotated[str, typer.Option(help="Who the petition is addressed to")],
     goal: Annotated[int, typer.Option(help="Signature goal")],
     description: Annotated[str, typer.Option()] = "",
+    confirmation: ConfirmationOption = "required",
 ) -> None:
     """Create an open campaign."""
     from runtime.campaigns import CampaignExists, create_campaign
     from schemas.campaign import NewCampaign
 
     new = _validated(
-        NewCampaign, slug=slug, title=title, target=target, goal=goal, description=description
-    )
+        NewCampaign, slug=slug, title=title, target=target, goal=goal, description=description,
+        confirmation=confirmation,
+    )  # fmt: skip
     s = settings()
     try:
         created = run(lambda: _with_pool(s, lambda pool: create_campaign(pool, new)))
     except CampaignExists:
         typer.echo(f"campaign {slug} already exists", err=True)
         raise typer.Exit(1) from None
-    out.print(f"created campaign {created.slug} (goal {created.goal:,})")
+    out.print(
+        f"created campaign {created.slug} (goal {created.goal:,}, "
+        f"confirmation {created.confirmation})"
+    )
 
 
 @campaign_app.command("update")
@@ -341,16 +353,24 @@ def campaign_update(
     target: Annotated[str | None, typer.Option(help="Who the petition is addressed to")] = None,
     goal: Annotated[int | None, typer.Option(help="Signature goal")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    confirmation: Annotated[
+        str | None,
+        typer.Option(help="required|off: whether new signatures wait for email confirmation"),
+    ] = None,
 ) -> None:
-    """Change a campaign's title, target, goal or description (shown on its page)."""
+    """Change a campaign's title, target, goal, description or confirmation."""
     from runtime.campaigns import update_campaign
     from schemas.campaign import CampaignChanges
 
     changes = _validated(
-        CampaignChanges, title=title, target=target, goal=goal, description=description
-    )
+        CampaignChanges, title=title, target=target, goal=goal, description=description,
+        confirmation=confirmation,
+    )  # fmt: skip
     updated = _change_campaign(slug, lambda pool: update_campaign(pool, slug, changes))
-    out.print(f"updated campaign {updated.slug}: {updated.title} (goal {updated.goal:,})")
+    out.print(
+        f"updated campaign {updated.slug}: {updated.title} (goal {updated.goal:,}, "
+        f"confirmation {updated.confirmation})"
+    )
 
 
 @campaign_app.command("post-update")
@@ -421,11 +441,12 @@ def campaign_list(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table("slug", "status", "total", "goal", "title", "target")
+    table = Table("slug", "status", "confirmation", "total", "goal", "title", "target")
     for row in rows:
         table.add_row(
             str(row["slug"]),
             str(row["status"]),
+            str(row["confirmation"]),
             f"{row['total']:,}",
             f"{row['goal']:,}",
             str(row["title"]),

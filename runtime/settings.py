@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     partitions: Annotated[int, Field(ge=1, le=1024)] = 6
     persist_group: str = "signatures-persist"
     count_group: str = "signatures-count"
+    mail_group: str = "signatures-mail"
     batch_max_records: Annotated[int, Field(ge=1, le=100_000)] = 5_000
     batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     max_record_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_384
@@ -63,6 +64,23 @@ class Settings(BaseSettings):
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     state_dir: Path = Path.home() / ".local" / "state" / "signatures"
+    # Public totals: countries with fewer signatures are merged into "other".
+    public_min_count: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    # Confirmation by email (double opt-in) and the mail worker.
+    public_url: str | None = Field(
+        default=None, description="Where signers reach the site: links in emails start here"
+    )
+    smtp_host: str | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["off", "starttls", "tls"] = "starttls"
+    smtp_timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    mail_from: str | None = None
+    confirmation_ttl_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 7 * 24
+    reminder_after_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 48
+    mail_poll_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    mail_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
 
     @field_validator("database_url")
     @classmethod
@@ -77,6 +95,30 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value is not None else None
+
+    def require_mail(self) -> tuple[str, str, str]:
+        """SMTP host, sender address and public URL, or a ConfigError naming the variable."""
+        missing = [
+            f"{PREFIX}{name}: not set ({why})"
+            for name, value, why in (
+                ("SMTP_HOST", self.smtp_host, "the SMTP server that sends confirmation emails"),
+                ("MAIL_FROM", self.mail_from, "the sender address of confirmation emails"),
+                ("PUBLIC_URL", self.public_url, "where the links in emails point"),
+            )
+            if not value
+        ]
+        if self.smtp_username and self.smtp_password is None:
+            missing.append(f"{PREFIX}SMTP_PASSWORD: not set (SMTP_USERNAME is)")
+        if missing:
+            raise ConfigError("\n".join(missing))
+        return str(self.smtp_host), str(self.mail_from), str(self.public_url)
 
     def require_dedupe_secret(self) -> bytes:
         """The dedupe HMAC key, or a ConfigError naming the variable."""

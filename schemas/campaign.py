@@ -15,6 +15,24 @@ class CampaignStatus(StrEnum):
     CLOSED = "closed"
 
 
+class Confirmation(StrEnum):
+    """Whether a new signature counts only once its owner confirms it by email."""
+
+    REQUIRED = "required"  # double opt-in: stored pending, counted when confirmed
+    OFF = "off"  # counted at once: for sources that confirmed people themselves
+
+
+class SignatureState(StrEnum):
+    PENDING = "pending"  # waiting for its owner's confirmation; not counted
+    CONFIRMED = "confirmed"  # counted in the public totals
+    REMOVED = "removed"  # its owner said it was not them: names and email cleared
+    UNDELIVERABLE = "undeliverable"  # the confirmation email was refused for good
+
+    @property
+    def counted(self) -> bool:
+        return self is SignatureState.CONFIRMED
+
+
 class NewCampaign(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -23,6 +41,7 @@ class NewCampaign(BaseModel):
     target: str = Field(min_length=1, max_length=200)
     goal: int = Field(gt=0, le=1_000_000_000)
     description: str = Field(default="", max_length=20_000)
+    confirmation: Confirmation = Confirmation.REQUIRED
 
 
 class Campaign(NewCampaign):
@@ -40,6 +59,7 @@ class CampaignChanges(BaseModel):
     target: str | None = Field(default=None, min_length=1, max_length=200)
     goal: int | None = Field(default=None, gt=0, le=1_000_000_000)
     description: str | None = Field(default=None, max_length=20_000)
+    confirmation: Confirmation | None = None
 
 
 class NewCampaignUpdate(BaseModel):

@@ -7,12 +7,17 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.campaign import SignatureState
 from schemas.reasons import Reason
 from schemas.submission import Slug, Source
 
 
 class AcceptedEvent(BaseModel):
-    """One new signature, on `signatures.accepted` (at least once; dedupe by signature_id)."""
+    """One new signature, on `signatures.accepted` (at least once; dedupe by signature_id).
+
+    `state` is `pending` on a campaign that requires confirmation (the mail worker sends
+    the email), `confirmed` where it counts at once.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="AcceptedEvent")
 
@@ -21,16 +26,22 @@ class AcceptedEvent(BaseModel):
     campaign: Slug
     country: str
     source: Source
+    state: SignatureState
     submitted_at: datetime
     accepted_at: datetime
-    totals_version: int = Field(description="A version of the campaign's totals that counts it")
+    totals_version: int = Field(
+        description="A version of the campaign's totals as of the signature's storing"
+    )
 
 
 class CampaignTotals(BaseModel):
-    """Absolute running totals of one campaign, on `signatures.totals` (key = slug).
+    """The public totals of one campaign, on `signatures.totals` (key = slug), over HTTP,
+    SSE and on the page: confirmed signatures only, countries with few signatures merged
+    into "other", and nothing about sources or partners.
 
     Readers keep the highest `version` per campaign; older or repeated versions are
-    harmless, so publication is at-least-once and order-insensitive.
+    harmless, so publication is at-least-once and order-insensitive. The version moves on
+    only when a public number changes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="CampaignTotals")
@@ -41,7 +52,6 @@ class CampaignTotals(BaseModel):
     goal: int
     status: str
     by_country: dict[str, int]
-    by_source: dict[str, int]
     updated_at: datetime
 
 

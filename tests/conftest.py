@@ -90,6 +90,9 @@ def make_settings(database_url: str, bootstrap: str, **overrides: object) -> Set
         "shutdown_grace_s": 5.0,
         "totals_poll_s": 0.2,
         "log_format": "json",
+        # every country shown on its own, so tests can check breakdowns exactly; tests of
+        # the public merge into "other" set their own threshold
+        "public_min_count": 1,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

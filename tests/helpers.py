@@ -11,10 +11,23 @@ from typing import Any
 
 from runtime.kafka import make_producer
 from runtime.settings import Settings
-from schemas.campaign import NewCampaign
+from schemas.campaign import Confirmation, NewCampaign
 
+# The raw pipeline: every stored signature counts at once. Tests of confirmation by email
+# use REQUIRED_CAMPAIGN.
 CAMPAIGN = NewCampaign(
-    slug="cecenia", title="Cecenia", target="Autorità federali russe", goal=200_000
+    slug="cecenia",
+    title="Cecenia",
+    target="Autorità federali russe",
+    goal=200_000,
+    confirmation=Confirmation.OFF,
+)
+REQUIRED_CAMPAIGN = NewCampaign(
+    slug="cecenia-confermate",
+    title="Cecenia: fermate gli arresti",
+    target="Autorità federali russe",
+    goal=200_000,
+    confirmation=Confirmation.REQUIRED,
 )
 
 

@@ -39,7 +39,7 @@ from runtime.kafka import make_producer, read_to_end
 from runtime.offsets import committed_offsets, high_watermarks
 from runtime.settings import Settings
 from runtime.topics import ensure_topics
-from schemas.campaign import NewCampaign
+from schemas.campaign import Confirmation, NewCampaign
 from schemas.events import DeadLetterHeaders
 from schemas.reasons import Reason
 from schemas.submission import Submission
@@ -52,8 +52,12 @@ from tests.test_common_record import agrees_with_the_model
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MAX_RECORD_BYTES = 16_384
 MAX_BODY_BYTES = 1_000_000
-CLOSED = NewCampaign(slug="closed-campaign", title="Closed", target="t", goal=10)
-SECOND = NewCampaign(slug="second-campaign", title="Second", target="t", goal=10)
+CLOSED = NewCampaign(
+    confirmation=Confirmation.OFF, slug="closed-campaign", title="Closed", target="t", goal=10
+)
+SECOND = NewCampaign(
+    confirmation=Confirmation.OFF, slug="second-campaign", title="Second", target="t", goal=10
+)
 DB_REASONS = {Reason.UNKNOWN_CAMPAIGN, Reason.CAMPAIGN_CLOSED, Reason.SUBMISSION_ID_REUSED}
 _REPEAT = re.compile(r"\$repeat\((.*?)\*(\d+)\)", re.DOTALL)
 _BASE = re.compile(r"\$base(?:\(([^)]*)\))?")

@@ -19,7 +19,7 @@ from tests.invariants import History, Told, check, leaks, totals_problems
 def totals(version: int, total: int, campaign: str = "c") -> bytes:
     return json.dumps({
         "campaign": campaign, "total": total, "version": version, "goal": 10, "status": "open",
-        "by_country": {}, "by_source": {}, "updated_at": datetime.now(UTC).isoformat(),
+        "by_country": {}, "updated_at": datetime.now(UTC).isoformat(),
     }).encode()  # fmt: skip
 
 

@@ -18,12 +18,14 @@ from runtime.cli import app
 from runtime.db import create_pool
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
-from schemas.campaign import NewCampaign
+from schemas.campaign import Confirmation, NewCampaign
 from tests.helpers import CAMPAIGN, encode, produce, submission
 
 pytestmark = pytest.mark.integration
 
-LATER = NewCampaign(slug="later", title="Later", target="Someone", goal=10)
+LATER = NewCampaign(
+    confirmation=Confirmation.OFF, slug="later", title="Later", target="Someone", goal=10
+)
 
 
 async def drain(settings: Settings) -> None:

@@ -18,7 +18,7 @@ from consumers.store import StoredSignature
 from runtime.campaigns import close_campaign, counted_rows, create_campaign, read_totals
 from runtime.kafka import read_to_end
 from runtime.settings import Settings
-from schemas.campaign import NewCampaign
+from schemas.campaign import Confirmation, NewCampaign
 from schemas.events import AcceptedEvent, DeadLetterHeaders
 from tests.helpers import CAMPAIGN, encode, produce, submission
 
@@ -32,7 +32,10 @@ async def drain(settings: Settings, kind: WorkerKind = WorkerKind.PERSIST) -> di
 
 async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asyncpg.Pool) -> None:
     await create_campaign(pool, CAMPAIGN)
-    await create_campaign(pool, NewCampaign(slug="closed", title="t", target="t", goal=10))
+    await create_campaign(
+        pool,
+        NewCampaign(confirmation=Confirmation.OFF, slug="closed", title="t", target="t", goal=10),
+    )
     await close_campaign(pool, "closed")
     first = submission(email="Mario.Rossi@Example.ORG", country="it", first_name=" Mario ")
     same_person = submission(email="  mario.rossi@example.org ")
@@ -68,10 +71,17 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
     )
     assert len(row["email_hash"]) == 32
     assert (await counted_rows(pool))[CAMPAIGN.slug] == 7
-    [totals] = await read_totals(pool, [CAMPAIGN.slug])
+    [totals] = await read_totals(pool, [CAMPAIGN.slug], min_count=1)
     assert totals.total == 7
     assert totals.by_country == {"IT": 1, "ES": 1, "FR": 5}
-    assert totals.by_source == {"web": 2, "partner:acme": 5}
+    # in public, countries under the threshold are one "other"; sources are never public
+    [public] = await read_totals(pool, [CAMPAIGN.slug], min_count=5)
+    assert public.by_country == {"FR": 5, "other": 2}
+    sources = await pool.fetch(
+        "SELECT key, count FROM campaign_breakdown WHERE campaign = $1 AND dimension = 'source'",
+        CAMPAIGN.slug,
+    )
+    assert {r["key"]: r["count"] for r in sources} == {"web": 2, "partner:acme": 5}
     assert (
         await pool.fetchval(
             "SELECT duplicates FROM campaign_totals WHERE campaign = $1", CAMPAIGN.slug
@@ -147,7 +157,10 @@ async def test_offsets_committed_after_the_batch(settings: Settings, pool: async
 
 async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.Pool) -> None:
     await create_campaign(pool, CAMPAIGN)
-    await create_campaign(pool, NewCampaign(slug="quiet", title="t", target="t", goal=10))
+    await create_campaign(
+        pool,
+        NewCampaign(confirmation=Confirmation.OFF, slug="quiet", title="t", target="t", goal=10),
+    )
     people = [submission(country=c) for c in ("IT", "IT", "DE", "RU")]
     await produce(
         settings, encode([*people, people[0] | {"submission_id": submission()["submission_id"]}])
@@ -198,6 +211,7 @@ def test_accepted_event_json_is_the_contract() -> None:
         "IT",
         "partner:acme-2",
         datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
+        "pending",
     )
     now = datetime.now(UTC)
     key, value, headers = _accepted(signature, now.isoformat(), 12)
@@ -209,6 +223,7 @@ def test_accepted_event_json_is_the_contract() -> None:
         campaign="cecenia",
         country="IT",
         source="partner:acme-2",
+        state="pending",
         submitted_at=signature.submitted_at,
         accepted_at=now,
         totals_version=12,

@@ -41,7 +41,8 @@
         const item = document.createElement("li");
         const name = document.createElement("span");
         name.className = "name";
-        name.textContent = regions ? regions.of(code) : code;
+        // "other": the countries too small to show on their own, merged by the server
+        name.textContent = code === "other" ? countries.dataset.other : regions ? regions.of(code) : code;
         const figure = document.createElement("span");
         figure.className = "n";
         figure.textContent = numbers.format(n);

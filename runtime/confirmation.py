@@ -1,0 +1,156 @@
+"""Confirmation links: tokens made for an email, and what using one does.
+
+A token is `{campaign}.{32 random bytes, URL-safe}`; only its SHA-256 is stored, with the
+signature and campaign it is bound to and when it expires. Using one (the POST behind the
+page's button) confirms the signature or removes it ("this wasn't me") through the one
+state-change path, in one transaction, and spends every token of that signature. The
+answer comes only once that transaction has committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from uuid import UUID
+
+import asyncpg
+
+from runtime.db import Conn
+from runtime.signature_states import change_state
+from schemas.campaign import SignatureState
+
+_TOKEN = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})\.[A-Za-z0-9_-]{43}$")
+
+
+class Action(StrEnum):
+    CONFIRM = "confirm"
+    REMOVE = "remove"  # "this wasn't me"
+
+
+class Outcome(StrEnum):
+    CONFIRMED = "confirmed"  # counted now
+    ALREADY_CONFIRMED = "already_confirmed"  # confirmed before: counted once
+    REMOVED = "removed"  # removed now
+    ALREADY_USED = "already_used"  # used before, and the signature is not confirmed
+    EXPIRED = "expired"
+    CLOSED = "closed"  # the campaign no longer collects signatures
+    UNKNOWN = "unknown"  # no such token (or malformed, or of another campaign)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """What the page behind a link may show: never a name or an address."""
+
+    campaign: str
+    usable: bool
+    outcome: Outcome | None  # why it is not usable
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def campaign_of(token: str) -> str | None:
+    """The campaign a well-formed token names, or None for anything else."""
+    match = _TOKEN.match(token)
+    return match[1] if match else None
+
+
+async def new_token(
+    conn: Conn, submission_id: UUID, campaign: str, *, now: datetime, ttl: timedelta
+) -> str:
+    """Make and store a token for one signature's email; the caller commits before sending."""
+    token = f"{campaign}.{secrets.token_urlsafe(32)}"
+    await conn.execute(
+        """INSERT INTO confirmation_tokens (token_hash, submission_id, campaign, expires_at)
+           VALUES ($1, $2, $3, $4)""",
+        token_hash(token),
+        submission_id,
+        campaign,
+        now + ttl,
+    )
+    return token
+
+
+_FIND = """
+SELECT t.submission_id, t.campaign, t.used_at, t.expires_at < now() AS expired,
+       s.state, c.status
+FROM confirmation_tokens t
+JOIN signatures s ON s.submission_id = t.submission_id AND s.campaign = t.campaign
+JOIN campaigns c ON c.slug = t.campaign
+WHERE t.token_hash = $1 AND t.campaign = $2
+"""
+
+
+def _unusable(row: asyncpg.Record | None) -> Outcome | None:
+    if row is None:
+        return Outcome.UNKNOWN
+    state = SignatureState(row["state"])
+    if row["used_at"] is not None or state in (SignatureState.CONFIRMED, SignatureState.REMOVED):
+        return Outcome.ALREADY_CONFIRMED if state.counted else Outcome.ALREADY_USED
+    if row["expired"]:
+        return Outcome.EXPIRED
+    if row["status"] != "open":
+        return Outcome.CLOSED
+    return None
+
+
+async def peek(conn: Conn, token: str) -> TokenView | None:
+    """For the page behind the link (GET): changes nothing. None if unknown."""
+    campaign = campaign_of(token)
+    if campaign is None:
+        return None
+    row = await conn.fetchrow(_FIND, token_hash(token), campaign)
+    if row is None:
+        return None
+    why = _unusable(row)
+    return TokenView(campaign, why is None, why)
+
+
+async def use_token(pool: asyncpg.Pool, token: str, action: Action) -> tuple[Outcome, str | None]:
+    """Confirm or remove the token's signature; the outcome and the token's campaign.
+
+    Durable when it returns. Pressing the button again, or any other link of the same
+    signature afterwards, changes nothing: the signature counts once.
+    """
+    campaign = campaign_of(token)
+    if campaign is None:
+        return Outcome.UNKNOWN, None
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_FIND + " FOR UPDATE OF t", token_hash(token), campaign)
+        why = _unusable(row)
+        if why is not None or row is None:
+            return why or Outcome.UNKNOWN, campaign if row else None
+        submission_id = row["submission_id"]
+        if action is Action.CONFIRM:
+            change = await change_state(
+                conn,
+                [submission_id],
+                SignatureState.CONFIRMED,
+                allowed_from={SignatureState.PENDING, SignatureState.UNDELIVERABLE},
+            )
+            outcome = Outcome.CONFIRMED if change.changed else Outcome.ALREADY_USED
+        else:
+            change = await change_state(
+                conn,
+                [submission_id],
+                SignatureState.REMOVED,
+                allowed_from={SignatureState.PENDING, SignatureState.UNDELIVERABLE},
+                clear_personal_data=True,
+            )
+            outcome = Outcome.REMOVED if change.changed else Outcome.ALREADY_USED
+            await conn.execute(
+                """UPDATE mail_outbox SET outcome = 'skipped', finished_at = now()
+                   WHERE submission_id = $1 AND finished_at IS NULL""",
+                submission_id,
+            )
+        await conn.execute(
+            """UPDATE confirmation_tokens SET used_at = now()
+               WHERE submission_id = $1 AND used_at IS NULL""",
+            submission_id,
+        )
+    return outcome, campaign
