@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import httpx
 
 from runtime.kafka import make_producer
 from runtime.settings import Settings
@@ -74,3 +76,15 @@ async def wait_until(
     async with asyncio.timeout(timeout):
         while not await condition():
             await asyncio.sleep(interval)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, object]]:
+    """The events of a server-sent-events response, as they arrive."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+        elif "data" in fields:
+            yield {"id": fields.get("id"), **json.loads(fields["data"])}
+            fields = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import date
@@ -16,7 +15,7 @@ from ingest.i18n import choose_language
 from runtime.campaigns import create_campaign, post_update
 from runtime.settings import Settings
 from schemas.campaign import NewCampaignUpdate
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, sse_events
 from tests.pipeline import running_pipeline
 
 
@@ -131,18 +130,6 @@ async def test_totals_are_cacheable_by_version(api: str) -> None:
     assert fresh.status_code == 200
     assert fresh.headers["etag"] != tag
     assert fresh.json()["total"] == 1
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, object]]:
-    """The events of a server-sent-events response, as they arrive."""
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line:
-            name, _, value = line.partition(":")
-            fields[name] = value.strip()
-        elif "data" in fields:
-            yield {"id": fields.get("id"), **json.loads(fields["data"])}
-            fields = {}
 
 
 @pytest.mark.integration
