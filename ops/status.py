@@ -9,6 +9,7 @@ drift flagged. Nothing here reads a name or an email.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,12 +31,16 @@ from schemas.events import DeadLetterHeaders
 class CampaignLine:
     campaign: str
     status: str
-    rows: int  # COUNT(*) of its signatures
+    rows: int  # COUNT(*) of its counted (confirmed) signatures
     total: int  # campaign_totals, kept by the persist workers
     version: int
     published_total: int | None
     published_version: int | None
     published_age_s: float | None
+    # for operators only, never public
+    confirmation: str = "required"
+    pending: int = 0  # waiting for their owners' confirmation
+    by_source: dict[str, int] = field(default_factory=dict)  # counted, per source
 
     @property
     def drift(self) -> int:
@@ -115,13 +120,18 @@ async def _dead_letters(settings: Settings) -> tuple[dict[str, int], datetime | 
 
 
 async def _campaigns(settings: Settings, pool: asyncpg.Pool) -> list[CampaignLine]:
-    stored, rows, published = await asyncio.gather(
-        read_totals(pool), counted_rows(pool), read_published_totals(settings, timeout=60)
+    stored, rows, published, private = await asyncio.gather(
+        read_totals(pool),
+        counted_rows(pool),
+        read_published_totals(settings, timeout=60),
+        pool.fetch(_PRIVATE),
     )
+    operators = {r["campaign"]: r for r in private}
     now = datetime.now(UTC)
     lines = []
     for totals in stored:
         seen = published.get(totals.campaign)
+        mine = operators.get(totals.campaign)
         lines.append(
             CampaignLine(
                 campaign=totals.campaign,
@@ -132,9 +142,22 @@ async def _campaigns(settings: Settings, pool: asyncpg.Pool) -> list[CampaignLin
                 published_total=seen.total if seen else None,
                 published_version=seen.version if seen else None,
                 published_age_s=(now - seen.updated_at).total_seconds() if seen else None,
+                confirmation=mine["confirmation"] if mine else "?",
+                pending=mine["pending"] if mine else 0,
+                by_source=json.loads(mine["by_source"]) if mine else {},
             )
         )
     return lines
+
+
+# What stays with the operators: confirmation mode, pending count, counts per source.
+_PRIVATE = """
+SELECT t.campaign, c.confirmation, t.pending,
+       coalesce((SELECT jsonb_object_agg(b.key, b.count) FROM campaign_breakdown b
+                 WHERE b.campaign = t.campaign AND b.dimension = 'source' AND b.count > 0),
+                '{}') AS by_source
+FROM campaign_totals t JOIN campaigns c ON c.slug = t.campaign
+"""
 
 
 def _rates(
@@ -208,10 +231,13 @@ def render(status: Status) -> list[Table]:
             "last dead letter", status.last_dead_letter_at.isoformat(timespec="seconds")
         )
     campaigns = Table(title="campaigns", title_justify="left")
-    for column in ("campaign", "status", "published", "version", "age", "stored total", "rows",
-                   "check"):  # fmt: skip
+    for column in ("campaign", "status", "confirmation", "published", "version", "age",
+                   "stored total", "rows", "pending", "top sources", "check"):  # fmt: skip
         campaigns.add_column(
-            column, justify="left" if column in ("campaign", "status") else "right"
+            column,
+            justify="left"
+            if column in ("campaign", "status", "confirmation", "top sources")
+            else "right",
         )
     for c in status.campaigns:
         published = "-" if c.published_total is None else f"{c.published_total:,}"
@@ -222,9 +248,11 @@ def render(status: Status) -> list[Table]:
             check = f"[yellow]{c.unpublished_versions} version(s) not yet published[/]"
         else:
             check = "[green]ok[/]"
+        sources = sorted(c.by_source.items(), key=lambda kv: -kv[1])[:3]
         campaigns.add_row(
-            c.campaign, c.status, published, str(c.published_version or "-"), age,
-            f"{c.total:,}", f"{c.rows:,}", check,
+            c.campaign, c.status, c.confirmation, published, str(c.published_version or "-"),
+            age, f"{c.total:,}", f"{c.rows:,}", f"{c.pending:,}",
+            ", ".join(f"{k} {n:,}" for k, n in sources) or "-", check,
         )  # fmt: skip
     return [groups, summary, campaigns]
 

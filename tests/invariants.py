@@ -70,19 +70,24 @@ class History:
         return [s for s in self.sent.values() if s.told is Told.ACKNOWLEDGED]
 
 
+# Where every stored signature ends: counted, waiting for its owner, removed by its
+# owner, or its confirmation email refused for good.
+FINAL_STATES = frozenset({"confirmed", "pending", "removed", "undeliverable"})
+
+
 @dataclass
 class Outcomes:
     rows: dict[str, str]  # submission_id -> campaign
     duplicates: set[str]
     dead_letters: dict[tuple[int, int], DeadLetterHeaders]  # by origin partition/offset
     dead_lettered_ids: set[str]
+    states: dict[str, str] = field(default_factory=dict)  # submission_id -> state
 
     @classmethod
     async def read(cls, settings: Settings, pool: asyncpg.Pool) -> Outcomes:
-        rows = {
-            str(r["submission_id"]): r["campaign"]
-            for r in await pool.fetch("SELECT submission_id, campaign FROM signatures")
-        }
+        stored = await pool.fetch("SELECT submission_id, campaign, state FROM signatures")
+        rows = {str(r["submission_id"]): r["campaign"] for r in stored}
+        states = {str(r["submission_id"]): r["state"] for r in stored}
         duplicates = {
             str(r["submission_id"])
             for r in await pool.fetch("SELECT submission_id FROM duplicate_submissions")
@@ -94,7 +99,7 @@ class Outcomes:
             sid = _submission_id(letter.value)
             if sid is not None:
                 dead_ids.add(sid)
-        return cls(rows, duplicates, dead, dead_ids)
+        return cls(rows, duplicates, dead, dead_ids, states)
 
     def accounts_for(self, partition: int, offset: int, value: bytes | None) -> bool:
         if (partition, offset) in self.dead_letters:
@@ -193,6 +198,39 @@ def log_texts(paths: Iterable[Path]) -> list[tuple[str, str]]:
     return [(path.name, path.read_text(errors="replace")) for path in paths if path.exists()]
 
 
+async def _stored_totals_problems(
+    pool: asyncpg.Pool, outcomes: Outcomes
+) -> tuple[list[str], dict[str, int]]:
+    """Every row in a known state; stored totals equal the confirmed rows, pending counts
+    the pending ones. Returns the problems and the confirmed rows per campaign."""
+    problems: list[str] = []
+    problems.extend(
+        f"signature {sid} is in no known state ({state})"
+        for sid, state in outcomes.states.items()
+        if state not in FINAL_STATES
+    )
+    counts: dict[str, int] = defaultdict(int)  # what the public totals must count
+    pending: dict[str, int] = defaultdict(int)
+    for sid, campaign in outcomes.rows.items():
+        if outcomes.states.get(sid) == "confirmed":
+            counts[campaign] += 1
+        elif outcomes.states.get(sid) == "pending":
+            pending[campaign] += 1
+    for row in await pool.fetch("SELECT campaign, total, pending FROM campaign_totals"):
+        if row["total"] != counts.get(row["campaign"], 0):
+            problems.append(
+                f"{row['campaign']}: campaign_totals {row['total']}, "
+                f"confirmed rows {counts.get(row['campaign'], 0)}"
+            )
+        if row["pending"] != pending.get(row["campaign"], 0):
+            problems.append(
+                f"{row['campaign']}: {row['pending']} pending counted, "
+                f"{pending.get(row['campaign'], 0)} pending rows"
+            )
+        counts.setdefault(row["campaign"], 0)
+    return problems, dict(counts)
+
+
 async def check(
     settings: Settings,
     pool: asyncpg.Pool,
@@ -218,8 +256,10 @@ async def check(
         acked = [s for s in sends if s.told is Told.ACKNOWLEDGED]
         if acked and not stored:
             problems.append(f"acknowledged {acked[0].submission_id} ({campaign}) is missing")
-        if len(stored) > 1:
-            problems.append(f"one person stored {len(stored)} times in {campaign}")
+        # a signature its owner removed no longer stands for them: they may sign again
+        standing = [s for s in stored if outcomes.states.get(s.submission_id) != "removed"]
+        if len(standing) > 1:
+            problems.append(f"one person stored {len(standing)} times in {campaign}")
         problems.extend(
             f"{s.submission_id} stored although refused" for s in stored if s.told is Told.REFUSED
         )
@@ -236,16 +276,8 @@ async def check(
         if not outcomes.accounts_for(r.partition, r.offset, r.value)
     )
 
-    counts: dict[str, int] = defaultdict(int)
-    for campaign in outcomes.rows.values():
-        counts[campaign] += 1
-    for row in await pool.fetch("SELECT campaign, total FROM campaign_totals"):
-        if row["total"] != counts.get(row["campaign"], 0):
-            problems.append(
-                f"{row['campaign']}: campaign_totals {row['total']}, "
-                f"COUNT(*) {counts.get(row['campaign'], 0)}"
-            )
-        counts.setdefault(row["campaign"], 0)
+    stored_problems, counts = await _stored_totals_problems(pool, outcomes)
+    problems.extend(stored_problems)
     for row in await pool.fetch(
         "SELECT t.campaign, t.duplicates, (SELECT count(*) FROM duplicate_submissions d "
         "WHERE d.campaign = t.campaign) AS recorded FROM campaign_totals t"
