@@ -29,6 +29,7 @@ class DataSet:
     keys: list[bytes]
     bodies: list[bytes]  # as HTTP request bodies
     kinds: Counter[Kind]
+    each: list[Kind]  # the kind of every message, in order
 
     @classmethod
     def make(cls, count: int, seed: int) -> DataSet:
@@ -36,10 +37,19 @@ class DataSet:
         messages = [submission_message(i.body, campaign=CAMPAIGN.slug, source="web") for i in items]
         keys = [uuid.UUID(str(i.body["submission_id"])).bytes for i in items]
         bodies = [json.dumps(i.body, ensure_ascii=False).encode() for i in items]
-        return cls(messages, keys, bodies, Counter(i.kind for i in items))
+        each = [i.kind for i in items]
+        return cls(messages, keys, bodies, Counter(each), each)
 
     def head(self, count: int) -> DataSet:
-        return DataSet(self.messages[:count], self.keys[:count], self.bodies[:count], self.kinds)
+        each = self.each[:count]
+        return DataSet(
+            self.messages[:count], self.keys[:count], self.bodies[:count], Counter(each), each
+        )
+
+    @property
+    def new_signers(self) -> int:
+        """How many rows the messages make: neither a repeat of a person nor invalid."""
+        return self.kinds[Kind.FIRST]
 
 
 def isolated(settings: Settings, name: str) -> Settings:
@@ -59,13 +69,17 @@ def isolated(settings: Settings, name: str) -> Settings:
     )
 
 
-async def prepare(settings: Settings) -> None:
-    """Create the database, the schema, the campaign and the topics."""
+async def prepare(settings: Settings, confirmation: Confirmation = Confirmation.OFF) -> None:
+    """Create the database, the schema, the campaign and the topics.
+
+    The campaign counts signatures at once (`off`, the raw pipeline) unless told that they
+    wait for confirmation by email (`required`).
+    """
     await ensure_database(settings.database_url)
     await apply_migrations(settings.database_url)
     pool = await create_pool(settings.database_url, max_size=1)
     try:
-        await create_campaign(pool, CAMPAIGN)
+        await create_campaign(pool, CAMPAIGN.model_copy(update={"confirmation": confirmation}))
     finally:
         await pool.close()
     await ensure_topics(settings, settings.kafka_bootstrap_servers or "")

@@ -25,6 +25,7 @@ from runtime.db import create_pool
 from runtime.kafka import make_consumer, read_to_end
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
+from schemas.campaign import Confirmation
 
 
 @dataclass
@@ -36,7 +37,7 @@ class DrainResult:
     steady_records: int
     first_join_seconds: float
     peak_rss_mb: float
-    rows: int
+    rows: int  # counted (confirmed) rows
     published_total: int
     cpu_seconds: dict[str, float]
     # every message ended as a row, a counted duplicate or a dead letter: none lost
@@ -148,22 +149,32 @@ async def wait_published(settings: Settings, deadline: float) -> tuple[int, int]
     return rows, published
 
 
-async def conservation(settings: Settings, total: int, rows: int) -> bool:
-    """Rows + counted duplicates + dead letters account for every message, once."""
+async def conservation(settings: Settings, total: int) -> bool:
+    """Rows (in any state) + counted duplicates + dead letters account for every message."""
     pool = await create_pool(settings.database_url, max_size=1)
     try:
+        rows = await pool.fetchval("SELECT count(*) FROM signatures")
         duplicates = await pool.fetchval("SELECT count(*) FROM duplicate_submissions")
     finally:
         await pool.close()
     dead = await read_to_end(settings, settings.topic_rejected, timeout=60)
-    return rows + int(duplicates) + len({(r.partition, r.offset) for r in dead}) == total
+    return int(rows) + int(duplicates) + len({(r.partition, r.offset) for r in dead}) == total
 
 
 async def run_drain(
-    settings: Settings, data: DataSet, workers: int, log_dir: Path, timeout: float = 600
+    settings: Settings,
+    data: DataSet,
+    workers: int,
+    log_dir: Path,
+    timeout: float = 600,
+    confirmation: Confirmation = Confirmation.OFF,
 ) -> DrainResult:
-    """Steady state starts at the first batch committed once every worker is in the group."""
-    await prepare(settings)
+    """Steady state starts at the first batch committed once every worker is in the group.
+
+    On a campaign whose confirmation is `required`, every new signature is stored pending
+    (and counts nowhere until confirmed): the published total stays 0, which it must.
+    """
+    await prepare(settings, confirmation)
     ends = await produce_backlog(settings, data)
     total = sum(ends.values())
     tps = [TopicPartition(settings.topic_submitted, p) for p in sorted(ends)]
@@ -197,7 +208,7 @@ async def run_drain(
         drained = time.perf_counter()
         cpu_end = cpu_by_component(pids, counter_pid)
         rows, published = await wait_published(settings, deadline)
-        conserved = await conservation(settings, total, rows)
+        conserved = await conservation(settings, total)
         done = time.perf_counter()
     finally:
         await watcher.stop()

@@ -37,12 +37,13 @@ class _Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes, content_type: bytes = b"application/json") -> int:
         if self.writer is None or self.reader is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(
-            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body)
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nAccept: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+            % (path.encode(), self.host.encode(), content_type, len(body), body)
         )
         status_line = await self.reader.readline()
         length = 0
@@ -104,3 +105,37 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+
+
+async def closed_loop(
+    host: str,
+    port: int,
+    requests: Sequence[tuple[str, bytes]],
+    connections: int,
+    content_type: bytes = b"application/json",
+) -> OpenLoopResult:
+    """POST every (path, body) as fast as `connections` keep-alive connections allow; each
+    request is timed from when its connection sent it."""
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    for index in range(len(requests)):
+        queue.put_nowait(index)
+    result = OpenLoopResult()
+
+    async def client() -> None:
+        connection = _Connection(host, port)
+        try:
+            while not queue.empty() and (index := queue.get_nowait()) is not None:
+                started = time.perf_counter()
+                path, body = requests[index]
+                try:
+                    status = await connection.post(path, body, content_type)
+                except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+                    connection.close()
+                    connection = _Connection(host, port)
+                    status = 0
+                result.sent.append(Sent(index, started, status, time.perf_counter()))
+        finally:
+            connection.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return result

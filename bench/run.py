@@ -15,11 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import run_copy_limit, run_naive
+from bench.confirm import run_confirm
 from bench.data import DataSet, drop_database, isolated
 from bench.drain import run_drain
 from bench.surge import P99_LIMIT_MS, run_surge
 from runtime.broker import EmbeddedBroker
 from runtime.settings import Settings
+from schemas.campaign import Confirmation
 
 T = TypeVar("T")
 
@@ -33,6 +35,7 @@ class BenchOptions:
     seconds: float = 30
     memory_count: int = 1_000_000
     seed: int = 1
+    confirm_count: int = 5_000
 
 
 @contextlib.asynccontextmanager
@@ -60,6 +63,13 @@ async def run_bench(
         drain = await _measure(
             s, "drain", run_drain, data.head(options.count), options.workers, log_dir
         )
+        say(f"backlog drain on a campaign that requires confirmation: {options.count:,}")
+        pending = await _measure(
+            s, "pending", run_drain, data.head(options.count), options.workers, log_dir,
+            600, Confirmation.REQUIRED,
+        )  # fmt: skip
+        say(f"confirm rate: {options.confirm_count:,} confirmation clicks, one API process")
+        confirm = await _measure(s, "confirm", run_confirm, data, options.confirm_count, log_dir)
         say(f"naive baseline: {options.naive_count:,} messages")
         naive = await _measure(s, "naive", run_naive, data, options.naive_count)
         say("COPY limit")
@@ -75,8 +85,13 @@ async def run_bench(
             memory = await _measure(s, "memory", run_drain, big, options.workers, log_dir, 1800)
     best = max((w for w in wrk if w.p99_ms < P99_LIMIT_MS and not w.errors),
                key=lambda w: w.requests_per_s, default=None)  # fmt: skip
-    totals_match = drain.totals_match and (memory is None or memory.totals_match)
-    conserved = drain.conserved and (memory is None or memory.conserved)
+    totals_match = (
+        drain.totals_match
+        and pending.totals_match
+        and confirm.totals_match
+        and (memory is None or memory.totals_match)
+    )
+    conserved = drain.conserved and pending.conserved and (memory is None or memory.conserved)
     return {
         "machine": {"cpus": _cpus(), "python": platform.python_version()},
         "count": drain.count,
@@ -90,6 +105,16 @@ async def run_bench(
         "naive_count": naive.count,
         "naive_throughput_per_s": round(naive.per_s),
         "speedup_vs_naive": round(drain.steady_per_s / naive.per_s, 1),
+        "confirmation": {
+            "pending_drain_per_s": round(pending.steady_per_s),
+            "pending_vs_off": round(pending.steady_per_s / drain.steady_per_s, 3),
+            "pending_speedup_vs_naive": round(pending.steady_per_s / naive.per_s, 1),
+            "confirm_count": confirm.count,
+            "confirm_connections": confirm.connections,
+            "confirm_per_s": round(confirm.per_s),
+            "confirm_errors": confirm.errors,
+            "confirm_latency_ms": _round(confirm.latency_ms),
+        },
         "copy_limit_per_s": round(limit.per_s),
         "fraction_of_limit": round(drain.steady_per_s / limit.per_s, 3),
         "surge": {
@@ -137,6 +162,7 @@ def report(figures: dict[str, Any], console: Console) -> None:
     table.add_column("measure", no_wrap=True)
     table.add_column("figure", justify="right", no_wrap=True)
     surge = figures["surge"]
+    c = figures["confirmation"]
     best = figures["api_max"]["best_under_100ms_p99_per_s"] or 0
 
     def ms(values: dict[str, float]) -> str:
@@ -152,6 +178,16 @@ def report(figures: dict[str, Any], console: Console) -> None:
         ("first commit after launch", f"{figures['first_commit_after_launch_s']} s"),
         ("naive baseline", f"{figures['naive_throughput_per_s']:,}/s"),
         ("speed-up vs naive", f"{figures['speedup_vs_naive']}×"),
+        (
+            "drain, confirmation required (pending)",
+            f"{c['pending_drain_per_s']:,}/s ({c['pending_vs_off']:.0%} of off, "
+            f"{c['pending_speedup_vs_naive']}× naive)",
+        ),
+        (
+            f"confirm rate, one API process ({c['confirm_connections']} connections)",
+            f"{c['confirm_per_s']:,}/s, {c['confirm_errors']} errors",
+        ),
+        ("confirm p50 / p95 / p99 / max (ms)", ms(c["confirm_latency_ms"])),
         ("COPY limit of the database", f"{figures['copy_limit_per_s']:,}/s"),
         ("fraction of the limit", f"{figures['fraction_of_limit']:.0%}"),
         (

@@ -3,16 +3,24 @@
 The data: names from many countries and scripts, about 5 % repeat signers (with case and
 Unicode variants of their email) and about 1 % invalid submissions, half of them sent
 through the API (answered 422) and half straight to Kafka as a partner would (dead-lettered).
-The verdict: the published total equals COUNT(*) in PostgreSQL.
+The seed campaign requires confirmation: every new signer gets an email (kept as an .eml
+file by the local SMTP server), and about 80 % of them follow its link like a person
+would (the page, then its button); the rest stay pending and count nowhere.
+The verdict: the published total equals the confirmed rows in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
 from uuid import UUID
 
 import aiohttp
@@ -105,32 +113,174 @@ async def dead_letters_for(settings: Settings, keys: set[bytes]) -> Counter[str]
     return reasons
 
 
-async def wait_until_drained(
-    settings: Settings,
-    pool: asyncpg.Pool,
-    slug: str,
-    expected_rows_and_dupes: int,
-    console: Console,
-    timeout: float = 300.0,
-) -> tuple[int, int, int]:
-    """Until every accepted submission is a row or a counted duplicate, and published."""
-    deadline = time.monotonic() + timeout
-    with console.status("waiting for the workers to drain and the counter to publish"):
+_COUNTS = """
+SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_,
+       (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'pending') AS pending,
+       (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed') AS confirmed,
+       (SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes
+"""
+
+
+async def counts(pool: asyncpg.Pool, slug: str) -> dict[str, int]:
+    row = await pool.fetchrow(_COUNTS, slug)
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return {key: int(value) for key, value in row.items()}
+
+
+async def wait_until_stored(
+    pool: asyncpg.Pool, slug: str, expected_rows_and_dupes: int, console: Console
+) -> dict[str, int]:
+    """Until every accepted submission is a row or a counted duplicate (5 minutes at most)."""
+    deadline = time.monotonic() + 300
+    with console.status("waiting for the workers to store every submission"):
         while True:
-            row = await pool.fetchrow(
-                "SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_, "
-                "(SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes",
-                slug,
-            )
-            assert row is not None  # noqa: S101
-            rows, dupes = int(row["rows_"]), int(row["dupes"])
-            published = (await read_published_totals(settings)).get(slug)
-            published_total = published.total if published else -1
-            if rows + dupes >= expected_rows_and_dupes and published_total == rows:
-                return rows, dupes, published_total
+            now = await counts(pool, slug)
+            if now["rows_"] + now["dupes"] >= expected_rows_and_dupes:
+                return now
             if time.monotonic() > deadline:
-                return rows, dupes, published_total
+                return now
             await asyncio.sleep(0.25)
+
+
+_LINK = re.compile(r"https?://\S+/confirm/[a-z0-9-]+\.[A-Za-z0-9_-]{43}")
+
+
+def confirmation_links(mailbox: Path, seen: set[str]) -> list[str]:
+    """The confirmation link of every email in the mailbox not in `seen` (file names)."""
+    links = []
+    for path in sorted(mailbox.glob("*.eml")):
+        if path.name in seen:
+            continue
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)  # noqa: S101 - policy.default makes one
+        body = message.get_body(preferencelist=("plain",))
+        found = _LINK.search(body.get_content() if body is not None else "")
+        if found:
+            links.append(found[0])
+    return links
+
+
+async def wait_for_emails(
+    mailbox: Path, seen: set[str], expected: int, console: Console
+) -> list[str]:
+    """Until every new pending signer's email has arrived (5 minutes at most)."""
+    deadline = time.monotonic() + 300
+    with console.status(f"waiting for {expected:,} confirmation emails in {mailbox}"):
+        while True:
+            arrived = await asyncio.to_thread(lambda: list(mailbox.glob("*.eml")))
+            if len([p for p in arrived if p.name not in seen]) >= expected:
+                break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    return await asyncio.to_thread(confirmation_links, mailbox, seen)
+
+
+async def follow_links(links: list[str], concurrency: int, console: Console) -> Counter[str]:
+    """Each link as a person follows it: the page (GET), then its button (POST)."""
+    outcomes: Counter[str] = Counter()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for link in links:
+        queue.put_nowait(link)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    with progress_bar(console) as progress:
+        task = progress.add_task("confirming", total=len(links))
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        ) as client:
+
+            async def person() -> None:
+                while not queue.empty():
+                    link = queue.get_nowait()
+                    try:
+                        async with client.get(link) as page:
+                            await page.read()
+                            if page.status != 200:
+                                outcomes[f"page_{page.status}"] += 1
+                                continue
+                        async with client.post(
+                            link, data={"action": "confirm"}, headers={"accept": "text/html"}
+                        ) as answer:
+                            await answer.read()
+                            outcomes[
+                                "confirmed" if answer.status == 200 else f"http_{answer.status}"
+                            ] += 1
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        outcomes[type(exc).__name__] += 1
+                    finally:
+                        progress.advance(task)
+
+            await asyncio.gather(*(person() for _ in range(concurrency)))
+    return outcomes
+
+
+async def wait_until_published(
+    settings: Settings, pool: asyncpg.Pool, slug: str, console: Console
+) -> tuple[int, int]:
+    """The published total and the confirmed rows, once they agree (60 s at most)."""
+    deadline = time.monotonic() + 60
+    with console.status("waiting for the counter to publish"):
+        while True:
+            confirmed = (await counts(pool, slug))["confirmed"]
+            published = (await read_published_totals(settings)).get(slug)
+            total = published.total if published else -1
+            if total == confirmed or time.monotonic() > deadline:
+                return total, confirmed
+            await asyncio.sleep(0.25)
+
+
+@dataclass
+class Summary:
+    count: int
+    slug: str
+    outcome: Outcome
+    dead: Counter[str]
+    expected_dupes: int
+    before: dict[str, int]
+    after: dict[str, int]
+    mailbox: Path
+    emails: int
+    chosen: int
+    followed: Counter[str]
+    http_seconds: float
+    via_http: int
+    elapsed: float
+
+    def table(self, published: int, count_star: int, match: bool) -> Table:
+        before, after, outcome = self.before, self.after, self.outcome
+        table = Table(title=f"demo: {self.count:,} submissions to '{self.slug}'", show_header=False)
+        table.add_column("what", no_wrap=True)
+        table.add_column("figure", justify="right", no_wrap=True)
+        table.add_row("accepted by the API (202)", f"{outcome.accepted:,}")
+        table.add_row("new signatures stored", f"{after['rows_'] - before['rows_']:,}")
+        table.add_row(
+            "duplicates counted",
+            f"{after['dupes'] - before['dupes']:,} (generated {self.expected_dupes:,})",
+        )
+        for reason, n in sorted(outcome.refused.items()):
+            table.add_row(f"  refused (422): {reason}", f"{n:,}")
+        for reason, n in sorted(self.dead.items()):
+            table.add_row(f"  dead letter (partner via Kafka): {reason}", f"{n:,}")
+        for error, n in sorted(outcome.failed.items()):
+            table.add_row(f"[red]failed: {error}[/]", f"{n:,}")
+        table.add_row("confirmation emails sent", f"{self.emails:,} (in {self.mailbox})")
+        table.add_row("links followed (page, then button)", f"{self.chosen:,}")
+        for result, n in sorted(self.followed.items()):
+            table.add_row(f"  {result}", f"{n:,}")
+        table.add_row("confirmed (counted)", f"{after['confirmed'] - before['confirmed']:,}")
+        table.add_row("still pending (not counted)", f"{after['pending'] - before['pending']:,}")
+        table.add_row(
+            "HTTP phase", f"{self.http_seconds:.1f} s, {self.via_http / self.http_seconds:,.0f}/s"
+        )
+        table.add_row(
+            "end to end (submit → email → confirmed → published)", f"{self.elapsed:.1f} s"
+        )
+        table.add_row("published total / confirmed rows", f"{published:,} / {count_star:,}")
+        table.add_row("totals match", "[bold green]yes[/]" if match else "[bold red]NO[/]")
+        return table
+
+
+CONFIRMING_SHARE = 0.8  # of the new signers, those who follow their email's link
 
 
 async def run_demo(
@@ -146,6 +296,7 @@ async def run_demo(
 ) -> bool:
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    mailbox = settings.state_dir / "mail"
     console.print(f"starting the pipeline (logs in {log_dir}) …")
     async with running_stack(
         settings, host=host, port=port, persist_workers=workers, log_dir=log_dir
@@ -155,12 +306,8 @@ async def run_demo(
         pool = await create_pool(s.database_url, max_size=2)
         try:
             await ensure_seed_campaign(pool)
-            before = await pool.fetchrow(
-                "SELECT (SELECT count(*) FROM signatures WHERE campaign = $1) AS rows_, "
-                "(SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS dupes",
-                slug,
-            )
-            assert before is not None  # noqa: S101
+            before = await counts(pool, slug)
+            seen = {p.name for p in mailbox.glob("*.eml")}
             console.print(f"pipeline ready: API {stack.api_url}, campaign [bold]{slug}[/]")
             items = list(generate(count, seed=seed))
             invalid = [i for i in items if i.kind is Kind.INVALID]
@@ -175,40 +322,30 @@ async def run_demo(
                 f"{stack.api_url}/v1/campaigns/{slug}/signatures", via_http, concurrency, console
             )
             http_seconds = time.perf_counter() - started
-            rows, dupes, published = await wait_until_drained(
-                s,
-                pool,
-                slug,
-                int(before["rows_"]) + int(before["dupes"]) + outcome.accepted,
-                console,
+            stored = await wait_until_stored(
+                pool, slug, before["rows_"] + before["dupes"] + outcome.accepted, console
             )
+            new_pending = stored["pending"] - before["pending"]
+            links = await wait_for_emails(mailbox, seen, new_pending, console)
+            chosen = random.Random(seed).sample(links, round(len(links) * CONFIRMING_SHARE))
+            followed = await follow_links(chosen, min(concurrency, 32), console)
+            published, confirmed = await wait_until_published(s, pool, slug, console)
             elapsed = time.perf_counter() - started
+            after = await counts(pool, slug)
             dead = await dead_letters_for(s, keys)
             count_star = (await counted_rows(pool)).get(slug, 0)
         finally:
             await pool.close()
 
-    new_rows = rows - int(before["rows_"])
-    new_dupes = dupes - int(before["dupes"])
-    match = published == count_star
-    table = Table(title=f"demo: {count:,} submissions to '{slug}'", show_header=False)
-    table.add_column("what", no_wrap=True)
-    table.add_column("figure", justify="right", no_wrap=True)
-    table.add_row("accepted by the API (202)", f"{outcome.accepted:,}")
-    table.add_row("new signatures stored", f"{new_rows:,}")
-    table.add_row("duplicates counted", f"{new_dupes:,} (generated {expected_dupes:,})")
-    for reason, n in sorted(outcome.refused.items()):
-        table.add_row(f"  refused (422): {reason}", f"{n:,}")
-    for reason, n in sorted(dead.items()):
-        table.add_row(f"  dead letter (partner via Kafka): {reason}", f"{n:,}")
-    for error, n in sorted(outcome.failed.items()):
-        table.add_row(f"[red]failed: {error}[/]", f"{n:,}")
-    table.add_row("HTTP phase", f"{http_seconds:.1f} s, {len(via_http) / http_seconds:,.0f}/s")
-    table.add_row(
-        "end to end (submit → stored → published)",
-        f"{elapsed:.1f} s, {count / elapsed:,.0f}/s",
+    match = published == count_star == confirmed
+    summary = Summary(
+        count, slug, outcome, dead, expected_dupes, before, after, mailbox,
+        len(links), len(chosen), followed, http_seconds, len(via_http), elapsed,
+    )  # fmt: skip
+    console.print(summary.table(published, count_star, match))
+    return (
+        match
+        and not outcome.failed
+        and sum(dead.values()) == len(via_kafka)
+        and followed["confirmed"] == len(chosen)
     )
-    table.add_row("published total / COUNT(*)", f"{published:,} / {count_star:,}")
-    table.add_row("totals match", "[bold green]yes[/]" if match else "[bold red]NO[/]")
-    console.print(table)
-    return match and not outcome.failed and sum(dead.values()) == len(via_kafka)

@@ -240,20 +240,29 @@ def bench(
         int, typer.Option(min=0, help="Backlog for the peak-RSS run (0: skip it)")
     ] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Seed of the generated data")] = 1,
+    confirm_count: Annotated[
+        int, typer.Option(min=10, help="Confirmation clicks for the confirm rate")
+    ] = 5_000,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout")] = False,
 ) -> None:
-    """Measure throughput, latency and memory on this machine, against baselines, in one run."""
+    """Measure throughput, latency and memory on this machine, against baselines, in one run.
+
+    The drains and the surge run on a campaign with confirmation off (the raw pipeline);
+    one more drain measures a campaign that requires confirmation (every signature stored
+    pending), and the confirm rate what one API process sustains."""
     from bench.run import BenchOptions, report, run_bench
     from runtime.progress import progress_bar
 
     s = settings().with_local_secret()
     options = BenchOptions(
-        count, workers, min(naive_count, count), rate, seconds, memory_count, seed
-    )
+        count, workers, min(naive_count, count), rate, seconds, memory_count, seed,
+        min(confirm_count, count),
+    )  # fmt: skip
     log_dir = s.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True)
-    steps = 6 if memory_count else 5  # data, drain, naive, COPY, surge, memory
+    # data, drain, pending drain, confirm rate, naive, COPY, surge, memory
+    steps = 8 if memory_count else 7
 
     with progress_bar(err) as bar:
         task = bar.add_task("bench", total=steps)

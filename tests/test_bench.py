@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KEYS = {
     "count", "seconds", "throughput_per_s", "naive_throughput_per_s", "speedup_vs_naive",
     "copy_limit_per_s", "fraction_of_limit", "latency_ms", "peak_rss_mb", "totals_match",
-    "cold_seconds", "api_max", "surge", "cpu_seconds_steady",
+    "cold_seconds", "api_max", "surge", "cpu_seconds_steady", "confirmation",
 }  # fmt: skip
 
 
@@ -24,7 +24,8 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
     done = subprocess.run(
         [sys.executable, "-m", "runtime.cli", "bench", "--count", "3000", "--naive-count", "200",
-         "--rate", "300", "--seconds", "2", "--memory-count", "4000", "--json"],
+         "--rate", "300", "--seconds", "2", "--memory-count", "4000", "--confirm-count", "300",
+         "--json"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -39,6 +40,10 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     assert set(figures["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert figures["speedup_vs_naive"] > 0
     assert figures["peak_rss_mb"] > 0
+    confirmation = figures["confirmation"]
+    assert confirmation["confirm_count"] > 250  # the stored signers among the first 300
+    assert confirmation["confirm_errors"] == 0  # every click answered `confirmed`
+    assert confirmation["pending_drain_per_s"] > 0
 
 
 def test_bench_stream_smoke_run(database_url: str, tmp_path: Path) -> None:
