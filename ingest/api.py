@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.confirm_pages import add_confirm_pages
 from ingest.edge import EdgeRejection
 from ingest.live import TotalsHub
 from ingest.metrics import REQUEST_SECONDS, SUBMISSIONS
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> ASGIApp:
         )
 
     add_pages(app, lambda: current().pool, lambda: hub)
+    add_confirm_pages(app, lambda: current().pool)
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -1,7 +1,7 @@
 """The petition page's languages: Italian and English, numbers and dates per locale.
 
 Babel formats numbers, percentages, dates and country names (CLDR data). The page's own
-sentences are a small table per language here: two languages and some thirty strings do
+sentences are a small table per language here: two languages and a few dozen strings do
 not need a gettext catalogue and its compile step.
 """
 
@@ -49,6 +49,46 @@ MESSAGES: dict[str, dict[str, str]] = {
         "live": "aggiornato in tempo reale",
         "language_switch": "English",
         "widget_link": "Firma anche tu",
+        "confirm_note": (
+            "Ti invieremo un'email con un link: la firma conta solo dopo che l'avrai confermata."
+        ),
+        "thanks_check_email": (
+            "Controlla la tua casella di posta: ti inviamo un'email con il link per confermare"
+            " la firma, che conta solo dopo la conferma."
+        ),
+        "confirm_title": "Conferma la tua firma",
+        "confirm_intro": (
+            "Qualcuno ha firmato la petizione «{title}» con questo indirizzo email. Se la"
+            " firma è tua, confermala: solo allora sarà contata."
+        ),
+        "confirm_not_me": "Se non è tua, diccelo qui: cancelliamo nome e indirizzo email.",
+        "confirm_button": "Conferma la mia firma",
+        "remove_button": "Non ero io",
+        "choose_action": "Scegli uno dei due pulsanti della pagina.",
+        "try_later": "Non è stato possibile completare l'operazione ora. Riprova tra poco.",
+        "sign_yourself": "Firma la petizione",
+        "sign_again": "Firma di nuovo",
+        "outcome.confirmed.title": "Grazie: la tua firma è confermata",
+        "outcome.confirmed.body": "La tua firma per «{title}» è contata.",
+        "outcome.already_confirmed.title": "Grazie: la tua firma è confermata",
+        "outcome.already_confirmed.body": "La tua firma per «{title}» è contata.",
+        "outcome.removed.title": "Abbiamo cancellato la firma",
+        "outcome.removed.body": (
+            "Nome e indirizzo email sono stati cancellati e la firma non è stata contata."
+            " Se vuoi, puoi comunque firmare personalmente la petizione «{title}»."
+        ),
+        "outcome.already_used.title": "Questo link è già stato usato",
+        "outcome.already_used.body": "Non c'è altro da fare qui.",
+        "outcome.expired.title": "Questo link è scaduto",
+        "outcome.expired.body": (
+            "Per confermare, firma di nuovo la petizione «{title}»: ti invieremo un nuovo link."
+        ),
+        "outcome.closed.title": "Questa petizione è chiusa",
+        "outcome.closed.body": (
+            "«{title}» non raccoglie più firme: non è più possibile confermarle."
+        ),
+        "outcome.unknown.title": "Questo link non è valido",
+        "outcome.unknown.body": "Controlla di aver copiato tutto il link dall'email.",
         "reason.invalid_email": "Indirizzo email non valido",
         "reason.invalid_country": "Scegli un paese",
         "reason.empty_field": "Campo obbligatorio",
@@ -89,6 +129,44 @@ MESSAGES: dict[str, dict[str, str]] = {
         "live": "updated live",
         "language_switch": "Italiano",
         "widget_link": "Sign it too",
+        "confirm_note": "We will email you a link: your signature counts once you confirm it.",
+        "thanks_check_email": (
+            "Please check your inbox: we are sending you an email with a link to confirm your"
+            " signature, which counts only once confirmed."
+        ),
+        "confirm_title": "Confirm your signature",
+        "confirm_intro": (
+            "Someone signed the petition “{title}” with this email address. If it was you,"
+            " confirm your signature: only then will it be counted."
+        ),
+        "confirm_not_me": "If it wasn't you, tell us here: we delete the name and email address.",
+        "confirm_button": "Confirm my signature",
+        "remove_button": "This wasn't me",
+        "choose_action": "Please choose one of the two buttons on the page.",
+        "try_later": "This could not be done just now. Please try again shortly.",
+        "sign_yourself": "Sign the petition",
+        "sign_again": "Sign again",
+        "outcome.confirmed.title": "Thank you: your signature is confirmed",
+        "outcome.confirmed.body": "Your signature for “{title}” is counted.",
+        "outcome.already_confirmed.title": "Thank you: your signature is confirmed",
+        "outcome.already_confirmed.body": "Your signature for “{title}” is counted.",
+        "outcome.removed.title": "We removed the signature",
+        "outcome.removed.body": (
+            "The name and email address have been deleted, and nothing was counted. You may"
+            " still sign “{title}” yourself if you wish."
+        ),
+        "outcome.already_used.title": "This link has already been used",
+        "outcome.already_used.body": "There is nothing more to do here.",
+        "outcome.expired.title": "This link has expired",
+        "outcome.expired.body": (
+            "To confirm, please sign “{title}” again: we will send you a new link."
+        ),
+        "outcome.closed.title": "This petition is closed",
+        "outcome.closed.body": (
+            "“{title}” no longer collects signatures, so they can no longer be confirmed."
+        ),
+        "outcome.unknown.title": "This link is not valid",
+        "outcome.unknown.body": "Please check that you copied the whole link from the email.",
         "reason.invalid_email": "This email address is not valid",
         "reason.invalid_country": "Choose a country",
         "reason.empty_field": "Required",

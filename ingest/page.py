@@ -5,7 +5,8 @@ JavaScript; `static/live.js` makes the count live over the totals stream. A stri
 Content-Security-Policy allows only this origin's script and stylesheet, no inline code.
 The signing form posts to the ingest endpoint; a browser (Accept: text/html) gets a page
 back instead of JSON: the thank-you page, identical whether or not the person had signed
-before, or the form again with its errors.
+before, or the form again with its errors. Where a signature counts only once confirmed by
+email, the form and the thank-you page say so (to everyone alike).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ingest.i18n import Texts, choose_language, texts
 from ingest.live import TotalsHub, updates
 from ingest.signing import FORM_TYPE, JSON_TYPE, Answer, media_type, problem
 from runtime.campaigns import get_campaign, list_updates, read_totals
-from schemas.campaign import Campaign, CampaignStatus
+from schemas.campaign import Campaign, CampaignStatus, Confirmation
 from schemas.countries import ISO_3166_ALPHA2
 from schemas.events import CampaignTotals
 from schemas.reasons import Reason
@@ -105,6 +106,7 @@ def render_page(
         errors=errors or {},
         fields=FORM_FIELDS | {"consent"},
         message=message,
+        confirm_by_email=campaign.confirmation is Confirmation.REQUIRED,
     )
 
 
@@ -253,7 +255,10 @@ async def browser_answer(
         html, status = _message(t, t("not_found")), 404
     elif answer.status == 202:
         name = values.get("first_name", "").strip()
-        html = templates.get_template("thanks.html").render(t=t, campaign=campaign, name=name)
+        html = templates.get_template("thanks.html").render(
+            t=t, campaign=campaign, name=name,
+            confirm_by_email=campaign.confirmation is Confirmation.REQUIRED,
+        )  # fmt: skip
         status = 202
     elif answer.status in (409, 422, 503):
         errors = {

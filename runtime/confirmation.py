@@ -86,6 +86,19 @@ WHERE t.token_hash = $1 AND t.campaign = $2
 """
 
 
+# Every use of any token of one signature waits here for the one before it, signature
+# first and its tokens after: a press reads the state the previous one committed (a lock
+# taken by the join itself would re-read only the token row, not the signature's state),
+# and two links of one signature pressed at once cannot deadlock on each other's tokens.
+_LOCK_SIGNATURE = """
+SELECT s.submission_id FROM signatures s
+WHERE s.campaign = $2 AND s.submission_id = (
+    SELECT submission_id FROM confirmation_tokens WHERE token_hash = $1 AND campaign = $2
+)
+FOR UPDATE OF s
+"""
+
+
 def _unusable(row: asyncpg.Record | None) -> Outcome | None:
     if row is None:
         return Outcome.UNKNOWN
@@ -121,6 +134,9 @@ async def use_token(pool: asyncpg.Pool, token: str, action: Action) -> tuple[Out
     if campaign is None:
         return Outcome.UNKNOWN, None
     async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(_LOCK_SIGNATURE, token_hash(token), campaign) is None:
+            return Outcome.UNKNOWN, None
+        # A new statement, so it reads what the holder of the lock before us committed.
         row = await conn.fetchrow(_FIND + " FOR UPDATE OF t", token_hash(token), campaign)
         why = _unusable(row)
         if why is not None or row is None:

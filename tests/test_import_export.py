@@ -111,7 +111,18 @@ def test_cli_import_and_export(
     unknown = runner.invoke(app, ["import", str(ndjson), "--campaign", "nope"])
     assert unknown.exit_code == 2
     assert "campaign nope is unknown" in unknown.output
-    create = ["campaign", "create", "--slug", CAMPAIGN.slug, "--title", "T", "--target", "X"]
+    create = [
+        "campaign",
+        "create",
+        "--slug",
+        CAMPAIGN.slug,
+        "--title",
+        "T",
+        "--target",
+        "X",
+        "--confirmation",
+        "off",
+    ]
     assert runner.invoke(app, [*create, "--goal", "10"]).exit_code == 0
     imported = runner.invoke(app, ["import", str(ndjson), "--campaign", CAMPAIGN.slug])
     assert imported.exit_code == 1  # one line refused
