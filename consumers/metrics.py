@@ -1,5 +1,5 @@
 """Prometheus metrics of the workers. Labels are bounded: worker kind, outcome, reason code,
-error class, topic and partition; never a value from a submission."""
+error class, topic and partition; never a value from a submission (no address, no token)."""
 
 from __future__ import annotations
 
@@ -42,4 +42,21 @@ TOTALS_DELAY = Histogram(
     "signatures_totals_publish_delay_seconds",
     "From a totals version's database commit to its publication on the totals topic",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EMAILS = Counter(
+    "signatures_emails",
+    "Confirmation emails by outcome: sent, retry (a transient failure), undeliverable, "
+    "gave_up, skipped (no longer pending, campaign closed, or the per-signature limit)",
+    ["outcome"],
+)
+EMAILS_QUEUED = Counter(
+    "signatures_emails_queued",
+    "Emails queued by the mail worker, by kind: confirm, reminder (resends are queued by the "
+    "persist worker)",
+    ["kind"],
+)
+EMAIL_SECONDS = Histogram(
+    "signatures_email_send_seconds",
+    "Time to hand one email to the SMTP server, connection included when one was opened",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

@@ -1,5 +1,8 @@
 """A worker process: clients, handler and runner wired together, with a clean shutdown.
 
+The counter and the mail worker also run a task beside the runner (the totals poll, the
+outbox sender); if that task dies, the worker stops rather than run half-way.
+
 Shutdown: SIGINT/SIGTERM only set an event. The batch in flight gets the grace period
 to finish and commit; after that it is cancelled (its offsets stay uncommitted, so it is
 redelivered and, the writes being idempotent, changes nothing). A second Ctrl-C kills.
@@ -13,6 +16,8 @@ import signal
 from enum import StrEnum
 
 from consumers.count import CountHandler
+from consumers.mail import MailHandler
+from consumers.mailer import Mailer, RetryPolicy
 from consumers.persist import PersistHandler
 from consumers.runner import BatchHandler, Runner, RunnerStats
 from runtime.db import check_dedupe_key, create_pool
@@ -27,6 +32,7 @@ log = get_logger("consumers.service")
 class WorkerKind(StrEnum):
     PERSIST = "persist"
     COUNT = "count"
+    MAIL = "mail"
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -44,13 +50,23 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 
 async def run_worker(
-    kind: WorkerKind, settings: Settings, stop: asyncio.Event, *, drain: bool = False
+    kind: WorkerKind,
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    drain: bool = False,
+    mail_retry: RetryPolicy | None = None,
 ) -> RunnerStats:
+    if kind is WorkerKind.MAIL:
+        settings.require_mail()  # a clear error before connecting to anything
     topics = Topics.from_settings(settings)
-    pool = await create_pool(settings.database_url, max_size=2)
+    # the mail worker's senders each hold a connection while they claim and record
+    senders = settings.mail_concurrency if kind is WorkerKind.MAIL else 0
+    pool = await create_pool(settings.database_url, max_size=2 + senders)
     producer = make_producer(settings)
     handler: BatchHandler
     poller: asyncio.Task[None] | None = None
+    mailer: Mailer | None = None
     try:
         await producer.start()
         if kind is WorkerKind.PERSIST:
@@ -58,6 +74,12 @@ async def run_worker(
             await check_dedupe_key(pool, secret)
             handler = PersistHandler(pool, producer, topics, secret, settings.max_record_bytes)
             group, topic = settings.persist_group, topics.submitted
+        elif kind is WorkerKind.MAIL:
+            mailer = Mailer(pool, settings, mail_retry)
+            handler = MailHandler(pool, producer, topics, on_queued=mailer.nudge)
+            group, topic = settings.mail_group, topics.accepted
+            if not drain:
+                poller = asyncio.create_task(mailer.run(stop))
         else:
             counter = CountHandler(
                 pool, producer, topics, public_min_count=settings.public_min_count
@@ -83,6 +105,8 @@ async def run_worker(
             await _run_until_stopped(runner, stop, poller, settings.shutdown_grace_s, kind)
             if kind is WorkerKind.COUNT and drain:
                 await counter.publish_changed()
+            if mailer is not None and drain:
+                await mailer.send_until_idle()
             log.info(
                 "worker_stopped",
                 worker=kind.value,
@@ -114,7 +138,8 @@ async def _run_until_stopped(
     watched = {task, stop_wait} | ({poller} if poller is not None else set())
     await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     if poller is not None and poller.done() and not stop.is_set():
-        log.error("totals_poll_died", worker=kind.value)
+        died = "mail_sender_died" if kind is WorkerKind.MAIL else "totals_poll_died"
+        log.error(died, worker=kind.value)
         stop.set()  # stop now; awaiting the poller afterwards raises its error
     if not task.done():
         done, _ = await asyncio.wait({task}, timeout=grace_s)

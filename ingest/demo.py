@@ -263,7 +263,7 @@ class Summary:
             table.add_row(f"  dead letter (partner via Kafka): {reason}", f"{n:,}")
         for error, n in sorted(outcome.failed.items()):
             table.add_row(f"[red]failed: {error}[/]", f"{n:,}")
-        table.add_row("confirmation emails sent", f"{self.emails:,} (in {self.mailbox})")
+        table.add_row("confirmation emails sent", f"{self.emails:,}")
         table.add_row("links followed (page, then button)", f"{self.chosen:,}")
         for result, n in sorted(self.followed.items()):
             table.add_row(f"  {result}", f"{n:,}")
@@ -343,6 +343,7 @@ async def run_demo(
         len(links), len(chosen), followed, http_seconds, len(via_http), elapsed,
     )  # fmt: skip
     console.print(summary.table(published, count_star, match))
+    console.print(f"the emails are .eml files in {mailbox}")
     return (
         match
         and not outcome.failed

@@ -132,11 +132,17 @@ def api(host: Host = None, port: Port = None) -> None:
 class Worker(StrEnum):
     PERSIST = "persist"
     COUNT = "count"
+    MAIL = "mail"
 
 
 @app.command()
 def worker(
-    kind: Annotated[Worker, typer.Argument(help="persist: submissions to Postgres; count: totals")],
+    kind: Annotated[
+        Worker,
+        typer.Argument(
+            help="persist: submissions to Postgres; count: totals; mail: confirmation emails"
+        ),
+    ],
     drain: Annotated[bool, typer.Option(help="Stop once the topic is drained")] = False,
 ) -> None:
     """Run one consumer process (scale by running more: they share a consumer group)."""
@@ -145,6 +151,8 @@ def worker(
     s = settings()
     if kind is Worker.PERSIST:
         s.require_dedupe_secret()
+    if kind is Worker.MAIL:
+        s.require_mail()
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -194,6 +202,8 @@ def up(
                 f"[bold green]ready[/] API on {stack.api_url} (docs at {stack.api_url}/docs), "
                 f"petition page {stack.api_url}/campaigns/{SEED_CAMPAIGN.slug}; Ctrl-C stops"
             )
+            if stack.mail_dir is not None:
+                out.print(f"confirmation emails are kept as .eml files in {stack.mail_dir}")
             await stop.wait()
 
     run(go)

@@ -1,9 +1,12 @@
 """`signatures up`: everything on one machine, as child processes, stopped in order.
 
 Broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), migrations, topics, then the API,
-the persist workers and the counter as separate processes (so they use both cores). A
-child that dies is restarted. Ctrl-C stops the API first, then the workers (each drains
-its batch in flight), then the broker.
+the persist workers, the counter and the mail worker as separate processes (so they use
+both cores). Without SIGNATURES_SMTP_HOST the confirmation emails go to a local SMTP
+server that keeps them as `.eml` files in the state directory (`runtime.mailbox`), so the
+double opt-in works on one machine. A child that dies is restarted. Ctrl-C stops the API
+first, then the workers (each drains its batch in flight), then the local mail server and
+the broker.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import httpx
 from runtime.broker import EmbeddedBroker
 from runtime.db import apply_migrations, ensure_database
 from runtime.logs import get_logger
+from runtime.mailbox import Mailbox
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
@@ -42,10 +46,13 @@ class Child:
 class Stack:
     """The running pipeline: where its API answers and how to stop it."""
 
-    def __init__(self, settings: Settings, api_url: str, log_dir: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, api_url: str, log_dir: Path | None, mail_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self.api_url = api_url
         self.log_dir = log_dir
+        self.mail_dir = mail_dir  # where the local mail server keeps the emails, if it runs
         self.children: list[Child] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -114,6 +121,7 @@ class Stack:
         order = [c for c in self.children if c.name == "api"]
         order += [c for c in self.children if c.name.startswith("persist")]
         order += [c for c in self.children if c.name == "counter"]
+        order += [c for c in self.children if c.name == "mail"]
         for child in order:
             await _terminate(child, self.settings.shutdown_grace_s + 5)
         for watcher in self._watchers:
@@ -146,14 +154,30 @@ async def running_stack(
     log_dir: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """Bring the whole pipeline up; tear it down on exit."""
+    api_url = f"http://{host}:{port}"
+    if settings.public_url is None:  # the links in emails lead to this machine's API
+        settings = settings.model_copy(update={"public_url": api_url})
+    mailbox: Mailbox | None = None
+    if not settings.smtp_host:
+        mailbox = Mailbox(settings.state_dir / "mail")
+        settings = settings.model_copy(update=_local_mail(settings, mailbox))
+    settings.require_mail()
     broker: EmbeddedBroker | None = None
+    if mailbox is not None:
+        await asyncio.to_thread(mailbox.start)
+        log.info("local_mailbox_started", directory=str(mailbox.directory), port=mailbox.port)
     if not settings.kafka_bootstrap_servers:
         broker_log = log_dir / "broker.log" if log_dir else None
         broker = EmbeddedBroker(log_path=broker_log)
-        await asyncio.to_thread(broker.start)
+        try:
+            await asyncio.to_thread(broker.start)
+        except BaseException:
+            if mailbox is not None:
+                await asyncio.to_thread(mailbox.stop)
+            raise
         settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap})
         log.info("embedded_broker_started", bootstrap=broker.bootstrap)
-    stack = Stack(settings, f"http://{host}:{port}", log_dir)
+    stack = Stack(settings, api_url, log_dir, mailbox.directory if mailbox else None)
     try:
         if await ensure_database(settings.database_url):
             log.info("database_created")
@@ -164,9 +188,24 @@ async def running_stack(
         for n in range(persist_workers):
             await stack.spawn(f"persist-{n + 1}", "worker", "persist")
         await stack.spawn("counter", "worker", "count")
+        await stack.spawn("mail", "worker", "mail")
         await stack.wait_ready()
         yield stack
     finally:
         await stack.stop()
+        if mailbox is not None:
+            await asyncio.to_thread(mailbox.stop)
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+
+
+def _local_mail(settings: Settings, mailbox: Mailbox) -> dict[str, object]:
+    """Settings that send every email to the local mail server, in plain SMTP."""
+    return {
+        "smtp_host": mailbox.host,
+        "smtp_port": mailbox.port,
+        "smtp_tls": "off",
+        "smtp_username": None,
+        "smtp_password": None,
+        "mail_from": settings.mail_from or "petitions@localhost",
+    }

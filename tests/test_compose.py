@@ -23,7 +23,7 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("SIGNATURES_DEDUPE_SECRET", "POSTGRES_PASSWORD")
+        if k not in ("SIGNATURES_DEDUPE_SECRET", "POSTGRES_PASSWORD", "SIGNATURES_SMTP_PASSWORD")
     }
     return subprocess.run(
         [binary, "config", "-q"],
@@ -36,40 +36,53 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+SECRETS = {
+    "SIGNATURES_DEDUPE_SECRET": "s" * 48,
+    "POSTGRES_PASSWORD": "pw",
+    "SIGNATURES_SMTP_PASSWORD": "smtp-pw",
+}
+
+
 def test_compose_file_is_valid() -> None:
-    done = compose_config(SIGNATURES_DEDUPE_SECRET="s" * 48, POSTGRES_PASSWORD="pw")
+    done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr
 
 
 def test_compose_refuses_to_run_without_a_secret() -> None:
-    done = compose_config(POSTGRES_PASSWORD="pw")
+    done = compose_config(POSTGRES_PASSWORD="pw", SIGNATURES_SMTP_PASSWORD="smtp-pw")
     assert done.returncode != 0
     assert "SIGNATURES_DEDUPE_SECRET" in done.stderr
 
 
+def test_compose_refuses_to_run_without_the_smtp_password() -> None:
+    done = compose_config(SIGNATURES_DEDUPE_SECRET="s" * 48, POSTGRES_PASSWORD="pw")
+    assert done.returncode != 0
+    assert "SIGNATURES_SMTP_PASSWORD" in done.stderr
+
+
 def test_every_app_service_shares_one_configuration() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
-    for service in ("api:", "persist:", "counter:", "migrate:"):
+    for service in ("api:", "persist:", "counter:", "mail-worker:", "migrate:"):
         assert f"\n  {service}" in text
-    assert text.count("*signatures-env") >= 4
+    assert text.count("*signatures-env") >= 5
     assert "service_healthy" in text and "pg_isready" in text
 
 
 def test_monitoring_profile_is_valid() -> None:
-    done = compose_config(SIGNATURES_DEDUPE_SECRET="s" * 48, POSTGRES_PASSWORD="pw")
+    done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr
     binary = shutil.which("docker-compose")
     assert binary
     services = subprocess.run(
         [binary, "--profile", "monitoring", "config", "--services"],
         cwd=ROOT,
-        env={**os.environ, "SIGNATURES_DEDUPE_SECRET": "s" * 48, "POSTGRES_PASSWORD": "pw"},
+        env={**os.environ, **SECRETS},
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout.split()
-    assert {"prometheus", "grafana", "api", "persist", "counter"} <= set(services)
+    assert {"prometheus", "grafana", "api", "persist", "counter", "mail-worker"} <= set(services)
 
 
 def test_dashboard_and_scrape_config_name_only_real_metrics() -> None:
