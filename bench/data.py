@@ -52,12 +52,31 @@ class DataSet:
         return self.kinds[Kind.FIRST]
 
 
+# The bench's limits: on, and far above what one machine sends (see `isolated`).
+GENEROUS: dict[str, object] = {
+    "rate_limits": True,
+    "rate_limit_client": "1000000/second",
+    "rate_limit_key": "1000000/second",
+    "rate_limit_campaign": "1000000/second",
+    "flags": True,
+    "flag_prefix_rate": "100000000/10minutes",
+    "flag_domain_rate": "100000000/10minutes",
+}
+
+
 def isolated(settings: Settings, name: str) -> Settings:
-    """Settings for one measurement: its own database, topics and consumer groups."""
+    """Settings for one measurement: its own database, topics and consumer groups.
+
+    The rate limits and the silent flags stay on, as in production, so their cost is in
+    every figure; but the load comes from one address and a dozen email domains, faster
+    than people sign, so their limits are generous (`GENEROUS`): nothing is refused or
+    flagged. The report says so.
+    """
     run = uuid.uuid4().hex[:8]
     base = settings.database_url.rsplit("/", 1)[0]
     return settings.model_copy(
         update={
+            **GENEROUS,
             "database_url": f"{base}/bench_{name}_{run}",
             "topic_submitted": f"bench-{run}.submitted",
             "topic_rejected": f"bench-{run}.rejected",

@@ -82,6 +82,13 @@ async def run_fanout(
     settings: Settings, data: DataSet, clients: int, rate: float, seconds: float, log_dir: Path
 ) -> FanoutResult:
     await prepare(settings)
+    # Room for every client: the stream cap and the connection limit are per API process.
+    settings = settings.model_copy(
+        update={
+            "sse_max_streams": max(settings.sse_max_streams, clients),
+            "http_max_connections": max(settings.http_max_connections, clients + 1_024),
+        }
+    )
     port = free_port()
     async with running_stack(
         settings, host="127.0.0.1", port=port, persist_workers=2, log_dir=log_dir

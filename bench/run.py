@@ -16,7 +16,7 @@ from rich.table import Table
 
 from bench.baselines import run_copy_limit, run_naive
 from bench.confirm import run_confirm
-from bench.data import DataSet, drop_database, isolated
+from bench.data import GENEROUS, DataSet, drop_database, isolated
 from bench.drain import run_drain
 from bench.surge import P99_LIMIT_MS, run_surge
 from runtime.broker import EmbeddedBroker
@@ -135,6 +135,8 @@ async def run_bench(
         "peak_rss_mb": round(memory.peak_rss_mb if memory else drain.peak_rss_mb, 1),
         "totals_match": totals_match,
         "conserved": conserved,
+        # on, with limits far above this load (bench/data.py `GENEROUS`)
+        "limits": dict(GENEROUS),
     }
 
 
@@ -204,6 +206,11 @@ def report(figures: dict[str, Any], console: Console) -> None:
         (
             "CPU seconds in steady state",
             ", ".join(f"{k} {v}" for k, v in figures["cpu_seconds_steady"].items()),
+        ),
+        (
+            "rate limits and silent flags",
+            f"on, far above this load: {figures['limits']['rate_limit_client']} per client, "
+            f"key and campaign; flags past {figures['limits']['flag_prefix_rate']}",
         ),
         ("published totals equal COUNT(*)", "yes" if figures["totals_match"] else "NO"),
         (

@@ -20,12 +20,14 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from consumers.deadletters import dead_letter
+from consumers.flags import FLAGS, FlagRules, RatePruner, email_domain, first_flag
 from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_rules
 from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
+from runtime.partners import vouching_sources
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus, Confirmation
 from schemas.reasons import Reason
@@ -42,12 +44,15 @@ class PersistHandler:
         topics: Topics,
         secret: bytes,
         max_record_bytes: int,
+        flag_rules: FlagRules | None = None,
     ) -> None:
         self._pool = pool
         self._producer = producer
         self._topics = topics
         self._secret = secret
         self._max_record_bytes = max_record_bytes
+        self._flag_rules = flag_rules  # None: flags off (trusted load)
+        self._pruner = RatePruner()
 
     async def prepare(self, records: Sequence[Record]) -> Effects:
         """Decode every record and build its row; no effects, so it may run while the
@@ -80,6 +85,7 @@ class PersistHandler:
             rules = await campaign_rules(conn)
             statuses = {slug: status for slug, (status, _) in rules.items()}
             confirm = {slug for slug, (_, c) in rules.items() if c is Confirmation.REQUIRED}
+            vouchers = await vouching_sources(conn) if confirm else []
             firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
             repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
             for record, row in valid:
@@ -94,7 +100,9 @@ class PersistHandler:
                     )
                 elif firsts.setdefault(row[0], (record, row))[1] is not row:
                     repeats.append((record, row))
-            result = await write_batch(conn, [row for _, row in firsts.values()], confirm)
+            result = await write_batch(
+                conn, [row for _, row in firsts.values()], confirm, vouchers, self._flag_rules
+            )
             rejected.extend(_reused(firsts, repeats, result.reused))
             failpoint("persist.before_db_commit")
         failpoint("persist.after_db_commit")
@@ -114,6 +122,10 @@ class PersistHandler:
             ),
         )
 
+        for flag, n in result.flagged.items():
+            FLAGS.labels(flag).inc(n)
+        if self._flag_rules is not None:
+            await self._pruner.maybe_prune(self._pool)
         reasons = Counter(rejection.reason.value for _, rejection in rejected)
         return {
             "decode_ms": decode_ms,
@@ -125,11 +137,19 @@ class PersistHandler:
             "resends": result.resends,
             "dead_lettered": len(rejected),
             **{f"rejected_{reason}": n for reason, n in sorted(reasons.items())},
+            **{f"flagged_{flag}": n for flag, n in sorted(result.flagged.items())},
         }
 
     def _row(self, f: Fields) -> StagingRow:
-        """The staging row: the submission's values with the dedupe key after the campaign."""
-        return (f[0], f[1], dedupe_key(self._secret, f[4]), *f[2:])
+        """The staging row: the submission's values with the dedupe key after the campaign,
+        the address hash as bytes, the email's domain and the flag known so far."""
+        domain = email_domain(f[4])
+        return (
+            f[0], f[1], dedupe_key(self._secret, f[4]), *f[2:13],
+            None if f[13] is None else bytes.fromhex(f[13]),
+            domain,
+            None if self._flag_rules is None else first_flag(f[14], domain),
+        )  # fmt: skip
 
 
 _YIELD_EVERY = 500  # records decoded between turns of the event loop

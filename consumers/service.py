@@ -16,6 +16,7 @@ import signal
 from enum import StrEnum
 
 from consumers.count import CountHandler
+from consumers.flags import FlagRules
 from consumers.mail import MailHandler
 from consumers.mailer import Mailer, RetryPolicy
 from consumers.persist import PersistHandler
@@ -72,7 +73,10 @@ async def run_worker(
         if kind is WorkerKind.PERSIST:
             secret = settings.require_dedupe_secret()
             await check_dedupe_key(pool, secret)
-            handler = PersistHandler(pool, producer, topics, secret, settings.max_record_bytes)
+            handler = PersistHandler(
+                pool, producer, topics, secret, settings.max_record_bytes,
+                FlagRules.from_settings(settings),
+            )  # fmt: skip
             group, topic = settings.persist_group, topics.submitted
         elif kind is WorkerKind.MAIL:
             mailer = Mailer(pool, settings, mail_retry)

@@ -5,8 +5,10 @@ COPY into a per-connection staging table, then one `INSERT … ON CONFLICT DO NO
 inserted, once per batch. Running it twice for the same batch changes nothing.
 
 On a campaign that requires confirmation a new signature is stored `pending`: it is
-counted for operators, not in public. A person who signs again while still pending gets
-the link again (a 'resend' in the mail outbox, within the mail worker's limit).
+counted for operators, not in public; a partner that confirms its signers itself vouches
+for its own (stored `confirmed`, `vouched_by` naming it). A person who signs again while
+still pending gets the link again (a 'resend' in the mail outbox, within the mail worker's
+limit).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from uuid import UUID
 
 import asyncpg
 
+from consumers.flags import FlagRules, NewSignature, flag_rates
 from runtime.counts import BreakdownKey, add_counts
 from runtime.db import Conn
 
@@ -37,6 +40,10 @@ STAGING_COLUMNS = (
     "source",
     "submitted_at",
     "received_at",
+    "client_prefix",
+    "client_hash",
+    "email_domain",
+    "flag",
 )
 
 StagingRow = tuple[
@@ -53,6 +60,10 @@ StagingRow = tuple[
     str,
     datetime,
     datetime | None,
+    str | None,  # client_prefix
+    bytes | None,  # client_hash
+    str,  # email_domain
+    str | None,  # flag, as far as it is known before the batch's rates are counted
 ]
 
 
@@ -64,6 +75,7 @@ class StoredSignature(NamedTuple):  # one per row: a tuple builds 3x faster than
     source: str
     submitted_at: datetime
     state: str  # pending or confirmed when stored; as stored now when redelivered
+    counted: bool = False  # in the public total (schemas/migrations/0008_flags.sql)
 
 
 @dataclass(slots=True)
@@ -78,20 +90,33 @@ class BatchResult:
     reused: dict[UUID, tuple[str, bytes]] = field(default_factory=dict)
     # per campaign, a version of its totals that counts every signature above
     versions: dict[str, int] = field(default_factory=dict)
+    # new signatures held by a silent flag, by reason (consumers/flags.py)
+    flagged: Counter[str] = field(default_factory=Counter)
 
 
 _INSERT = """
 INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, email,
                         country, postcode, consent, language, source, submitted_at, received_at,
-                        state)
+                        client_prefix, client_hash, email_domain, flag, state)
 SELECT submission_id, campaign, email_hash, first_name, last_name, email,
        country, postcode, consent, language, source, submitted_at, received_at,
+       client_prefix::cidr, client_hash, email_domain, flag,
        CASE WHEN campaign = ANY($1::text[]) THEN 'pending' ELSE 'confirmed' END
 FROM staging_signatures
 ORDER BY campaign, email_hash, submitted_at  -- one lock order for all workers; earliest wins
 ON CONFLICT DO NOTHING
-RETURNING id, submission_id, state
+RETURNING id, submission_id, state, counted
 """
+
+# The same, for batches written while some partner confirms its signers itself: on a
+# campaign that requires confirmation, such a partner's new signatures ($2: their sources)
+# are stored confirmed, naming the partner. Other batches run _INSERT as it is.
+_INSERT_VOUCHED = _INSERT.replace("state)", "state, vouched_by)").replace(
+    "THEN 'pending' ELSE 'confirmed' END",
+    "AND source <> ALL($2::text[]) THEN 'pending' ELSE 'confirmed' END,\n"
+    "       CASE WHEN campaign = ANY($1::text[]) AND source = ANY($2::text[])\n"
+    "            THEN substr(source, length('partner:') + 1) END",
+)
 
 _ALREADY_STORED = """
 SELECT id, submission_id, campaign, email_hash, country, source, submitted_at, state
@@ -130,24 +155,38 @@ def _stored(row: asyncpg.Record) -> StoredSignature:
 
 
 async def write_batch(
-    conn: Conn, rows: list[StagingRow], confirm: Collection[str] = ()
+    conn: Conn,
+    rows: list[StagingRow],
+    confirm: Collection[str] = (),
+    vouchers: Collection[str] = (),
+    rules: FlagRules | None = None,
 ) -> BatchResult:
     """Insert what is new, count what is a duplicate; the caller owns the transaction.
 
     `rows` must have distinct submission ids. A submission id already stored with the same
     campaign and dedupe key is a redelivery (nothing changes); with another, it is reused.
-    New signatures of the campaigns in `confirm` are stored pending.
+    New signatures of the campaigns in `confirm` are stored pending, but for those whose
+    source is in `vouchers` (partners that confirm their signers themselves).
     """
     result = BatchResult()
     if not rows:
         return result
     await conn.copy_records_to_table("staging_signatures", records=rows, columns=STAGING_COLUMNS)
     by_id = {row[0]: row for row in rows}
-    for signature_id, submission_id, state in await conn.fetch(_INSERT, list(confirm)):
+    inserting = (
+        conn.fetch(_INSERT_VOUCHED, list(confirm), list(vouchers))
+        if confirm and vouchers
+        else conn.fetch(_INSERT, list(confirm))
+    )
+    for signature_id, submission_id, state, counted in await inserting:
         row = by_id[submission_id]
         result.inserted.append(
-            StoredSignature(signature_id, submission_id, row[1], row[6], row[10], row[11], state)
+            StoredSignature(
+                signature_id, submission_id, row[1], row[6], row[10], row[11], state, counted
+            )
         )
+    if rules is not None and result.inserted:
+        await _flag(conn, rules, result, by_id)
 
     inserted_ids = {s.submission_id for s in result.inserted}
     leftovers = {sid: row for sid, row in by_id.items() if sid not in inserted_ids}
@@ -181,8 +220,13 @@ async def write_batch(
             )
             result.resends = int(status.rsplit(" ", 1)[1])
 
+    # every campaign with a row in the batch gets a version for its accepted events, those
+    # whose new signatures all wait (pending, or held by a flag) included
     result.versions = await _add_totals(
-        conn, result.inserted, new_duplicates, {s.campaign for s in result.already_stored}
+        conn,
+        result.inserted,
+        new_duplicates,
+        {s.campaign for s in (*result.already_stored, *result.inserted)},
     )
     return result
 
@@ -194,7 +238,7 @@ async def _add_totals(
     also: set[str],
 ) -> dict[str, int]:
     # counted in C (Counter over an iterable), not one `+=` per signature and dimension
-    counted = [s for s in inserted if s.state == "confirmed"]
+    counted = [s for s in inserted if s.counted]
     breakdown: Counter[BreakdownKey] = Counter((s.campaign, "country", s.country) for s in counted)
     breakdown.update((s.campaign, "source", s.source) for s in counted)
     return await add_counts(
@@ -205,3 +249,27 @@ async def _add_totals(
         breakdown=breakdown,
         campaigns=also,
     )
+
+
+async def _flag(
+    conn: Conn, rules: FlagRules, result: BatchResult, by_id: dict[UUID, StagingRow]
+) -> None:
+    """Count the new signatures' rates and flag those past them; keep `inserted` as stored
+    (a signature flagged now does not count) and the flags of the batch by reason."""
+    new = []
+    for s in result.inserted:
+        row = by_id[s.submission_id]
+        if row[16] is not None:
+            result.flagged[row[16]] += 1
+        new.append(
+            NewSignature(s.submission_id, s.campaign, row[12] or row[11], row[13], row[15],
+                         row[16] is not None)
+        )  # fmt: skip
+    flagged = await flag_rates(conn, rules, new)
+    if not flagged:
+        return
+    for i, s in enumerate(result.inserted):
+        if s.submission_id in flagged:
+            reason, counted = flagged[s.submission_id]
+            result.inserted[i] = s._replace(counted=counted)
+            result.flagged[reason] += 1

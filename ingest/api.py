@@ -1,4 +1,4 @@
-"""The ingest API (one ASGI app): signatures in, totals out, health and metrics.
+"""The ingest API (one ASGI app): signatures in, totals out, health (metrics: own port).
 
 202 means the broker has acknowledged the submission: from then on it is never lost. A
 duplicate signer gets exactly the answer a first-time signer gets; dedupe happens later.
@@ -16,14 +16,17 @@ import asyncpg
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.confirm_pages import add_confirm_pages
+from ingest.docs import OPENAPI_URL, add_docs
 from ingest.edge import EdgeRejection
+from ingest.edge_facts import client_addresses, form_guard
 from ingest.live import TotalsHub
 from ingest.metrics import REQUEST_SECONDS, SUBMISSIONS
+from ingest.middleware import add_error_answers, harden
 from ingest.page import BrowserForms, add_pages
+from ingest.rate_limits import RateLimited, RateLimits
 from ingest.signing import (
     FORM_TYPE,
     JSON_TYPE,
@@ -55,6 +58,10 @@ def _respond(answer: Answer) -> Response:
     return Response(answer.body(), answer.status, answer.headers or None, media_type=JSON_TYPE)
 
 
+def _authorization(request: Request) -> bytes | None:
+    return dict(request.scope["headers"]).get(b"authorization")
+
+
 def create_app(settings: Settings) -> ASGIApp:
     """The API: the signing fast path and the canonical log line around the framework's app."""
     state: Signer | None = None
@@ -63,7 +70,9 @@ def create_app(settings: Settings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         nonlocal state
-        pool = await create_pool(settings.database_url, max_size=4)
+        pool = await create_pool(
+            settings.database_url, max_size=4, acquire_timeout=settings.db_acquire_timeout_s
+        )
         producer = make_producer(settings)
         try:
             await producer.start()
@@ -84,7 +93,13 @@ def create_app(settings: Settings) -> ASGIApp:
         version="1",
         lifespan=lifespan,
         description="Petition signatures in; exact, live totals out.",
+        docs_url=None,  # ingest.docs serves them, only with SIGNATURES_DOCS=on
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if settings.docs else None,
     )
+    if settings.docs:
+        add_docs(app)
+    add_error_answers(app)
 
     body_schema = Submission.model_json_schema()
 
@@ -98,27 +113,48 @@ def create_app(settings: Settings) -> ASGIApp:
                 "content": {JSON_TYPE: {"schema": body_schema}, FORM_TYPE: {"schema": body_schema}},
             }
         },
-        responses={404: {}, 409: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+        description="No `Authorization` header: the public web form. A partner sends "
+        "`Authorization: Bearer KEY`: the source is then the key's partner.",
+        responses={c: {} for c in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
     )
     async def sign(slug: str, request: Request) -> Response:
         # Served by SigningFastPath; this route documents it and answers the same way.
+        signer = current()
+        source = await signer.source(
+            slug, _authorization(request), request.scope["query_string"], required=False
+        )
+        if isinstance(source, Answer):
+            return _respond(source)
         content_type = media_type(request.headers.get("content-type", ""))
         return _respond(
-            await current().sign(slug, content_type, body_reader(request.scope, request.receive))
+            await signer.sign(
+                slug,
+                content_type,
+                body_reader(request.scope, request.receive),
+                source,
+                request.scope,
+            )
         )
 
     @app.post(
         "/v1/campaigns/{slug}/signatures/batch",
         summary="Partner batch: one JSON submission per line (NDJSON)",
-        responses={200: {}, 404: {}, 409: {}, 413: {}, 422: {}, 503: {}},
+        description="Needs `Authorization: Bearer KEY` (`signatures partner create`); the "
+        "source is the key's partner, whatever the request says.",
+        responses={c: {} for c in (200, 400, 401, 403, 404, 409, 413, 422, 429, 503)},
     )
-    async def sign_batch(slug: str, partner: str, request: Request) -> Response:
+    async def sign_batch(slug: str, request: Request) -> Response:
         signer = current()
-        source = f"partner:{partner}"
+        source = await signer.source(
+            slug, _authorization(request), request.scope["query_string"], required=True
+        )
+        if isinstance(source, Answer):
+            return _respond(source)
         if (refused := await signer.refusal(slug)) is not None:
             return _respond(refused)
         try:
-            body = await body_reader(request.scope, request.receive)(signer.settings.max_body_bytes)
+            read = body_reader(request.scope, request.receive)
+            body = await read(signer.settings.max_batch_bytes)
         except BodyTooLarge:
             return _problem(413, "(body)", "body_too_large")
         lines = [line for line in body.split(b"\n") if line.strip()]
@@ -148,12 +184,8 @@ def create_app(settings: Settings) -> ASGIApp:
             status_code=200,
         )
 
-    add_pages(app, lambda: current().pool, lambda: hub)
+    add_pages(app, lambda: current().campaigns, lambda: hub, form_guard(settings).token)
     add_confirm_pages(app, lambda: current().pool)
-
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Alive")
     async def healthz() -> dict[str, str]:
@@ -181,8 +213,13 @@ def create_app(settings: Settings) -> ASGIApp:
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    signing = SigningFastPath(app, current)
-    return CanonicalLogLine(BrowserForms(signing, lambda: current().pool, lambda: hub))
+    signing = RateLimited(
+        SigningFastPath(app, current), RateLimits(settings, client_addresses(settings))
+    )
+    forms = BrowserForms(
+        signing, lambda: current().campaigns, lambda: hub, form_guard(settings).token
+    )
+    return CanonicalLogLine(harden(forms, settings))
 
 
 class CanonicalLogLine:

@@ -31,6 +31,9 @@ CLIENT_FIELDS = frozenset(
         "submitted_at",
     }
 )
+# An answer names at most this many unknown fields, then "(more)": a body of thousands of
+# made-up keys must not come back as an answer of thousands of names.
+MAX_UNKNOWN_NAMED = 3
 _CHECKED = frozenset({"on", "true", "yes", "1"})
 _UNCHECKED = frozenset({"", "off", "false", "no", "0"})
 
@@ -53,10 +56,17 @@ def from_json_object(
         return EdgeRejection([FieldError("(record)", Reason.MALFORMED_JSON)])
     unknown = [key for key in body if key not in CLIENT_FIELDS]
     if unknown:
-        return EdgeRejection(
-            [FieldError(safe_field_name(k), Reason.UNKNOWN_FIELD) for k in unknown]
-        )
+        return EdgeRejection(unknown_fields(unknown))
     return _build(dict(body), campaign=campaign, source=source, now=now)
+
+
+def unknown_fields(keys: list[str]) -> list[FieldError]:
+    """The first few unknown keys, as they may be shown, then "(more)" if there are more."""
+    named = list(dict.fromkeys(safe_field_name(key) for key in keys))
+    errors = [FieldError(name, Reason.UNKNOWN_FIELD) for name in named[:MAX_UNKNOWN_NAMED]]
+    if len(named) > MAX_UNKNOWN_NAMED:
+        errors.append(FieldError("(more)", Reason.UNKNOWN_FIELD))
+    return errors
 
 
 def from_form(

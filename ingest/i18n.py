@@ -46,6 +46,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unavailable": "Non è stato possibile registrare la firma ora. Riprova tra poco.",
         "not_found": "Questa petizione non esiste.",
         "too_large": "La richiesta è troppo grande.",
+        "rate_limited": "Troppe firme inviate da questa connessione. Riprova tra qualche minuto.",
         "live": "aggiornato in tempo reale",
         "language_switch": "English",
         "widget_link": "Firma anche tu",
@@ -126,6 +127,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unavailable": "Your signature could not be recorded just now. Please try again shortly.",
         "not_found": "There is no such petition.",
         "too_large": "The request is too large.",
+        "rate_limited": (
+            "Too many signatures sent from this connection. Please try again in a few minutes."
+        ),
         "live": "updated live",
         "language_switch": "Italiano",
         "widget_link": "Sign it too",

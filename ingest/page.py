@@ -22,14 +22,14 @@ import asyncpg
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.campaign_cache import CampaignCache
+from ingest.form_guard import HONEYPOT_FIELD, TOKEN_FIELD
 from ingest.i18n import Texts, choose_language, texts
-from ingest.live import TotalsHub, updates
+from ingest.live import CappedStream, Frame, TotalsHub, last_event_id, updates
 from ingest.signing import FORM_TYPE, JSON_TYPE, Answer, media_type, problem
-from runtime.campaigns import get_campaign, list_updates, read_totals
 from schemas.campaign import Campaign, CampaignStatus, Confirmation
 from schemas.countries import ISO_3166_ALPHA2
 from schemas.events import CampaignTotals
@@ -40,10 +40,17 @@ PAGE_CSP = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 WIDGET_CSP = PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
+# On every HTML answer (ingest.middleware adds them where a route did not, and
+# X-Frame-Options: DENY wherever the CSP does not allow framing).
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=(), "
+    "browsing-topics=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
 }
+# On every answer that shows a signer's name or echoes what they typed.
+NO_STORE = {"Cache-Control": "no-store"}
 TOTALS_MAX_AGE_S = 2
 SIGN_PATH = re.compile(r"^/v1/campaigns/([a-z0-9][a-z0-9-]{0,62})/signatures$")
 FORM_FIELDS = frozenset({"first_name", "last_name", "email", "country", "postcode"})
@@ -56,6 +63,7 @@ templates = Environment(
 )
 
 PoolOf = Callable[[], asyncpg.Pool]
+CampaignsOf = Callable[[], CampaignCache]
 
 
 def wants_html(headers: dict[bytes, bytes]) -> bool:
@@ -68,17 +76,30 @@ def language_of(query_string: bytes, headers: dict[bytes, bytes]) -> str:
     return choose_language(requested, headers.get(b"accept-language", b"").decode("latin-1"))
 
 
-async def _totals(hub: TotalsHub, pool: asyncpg.Pool, slug: str) -> CampaignTotals | None:
-    """The published totals (what everyone sees), or the database's before the first."""
-    published = hub.latest(slug)
+async def _current(hub: TotalsHub, campaigns: CampaignCache, slug: str) -> Frame | None:
+    """The published totals (what everyone sees), or the database's before the first; None
+    for a campaign that does not exist (known from memory: no query)."""
+    published = hub.latest_frame(slug)
     if published is not None:
         return published
-    found = await read_totals(pool, [slug], min_count=hub.public_min_count)
-    return found[0] if found else None
+    if await campaigns.get(slug) is None:
+        return None
+    stored = await campaigns.stored_totals(slug)
+    return Frame.of(stored) if stored is not None else None
+
+
+async def _totals(hub: TotalsHub, campaigns: CampaignCache, slug: str) -> CampaignTotals | None:
+    frame = await _current(hub, campaigns, slug)
+    return frame.totals if frame is not None else None
 
 
 def _html(body: str, status: int = 200, *, csp: str = PAGE_CSP) -> HTMLResponse:
     return HTMLResponse(body, status, headers={"Content-Security-Policy": csp, **SECURITY_HEADERS})
+
+
+def _too_many_streams() -> Response:
+    answer = problem(503, "(service)", "too_many_streams")
+    return Response(answer.body(), 503, {"Retry-After": "5"}, media_type=JSON_TYPE)
 
 
 def render_page(
@@ -90,6 +111,7 @@ def render_page(
     values: dict[str, str] | None = None,
     errors: dict[str, str] | None = None,
     message: str | None = None,
+    form_token: str = "",
 ) -> str:
     by_country = sorted((totals.by_country if totals else {}).items(), key=lambda kv: -kv[1])
     return templates.get_template("page.html").render(
@@ -107,11 +129,24 @@ def render_page(
         fields=FORM_FIELDS | {"consent"},
         message=message,
         confirm_by_email=campaign.confirmation is Confirmation.REQUIRED,
+        form_token=form_token,
+        honeypot=HONEYPOT_FIELD,
+        token_field=TOKEN_FIELD,
     )
 
 
-def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> None:
-    """The page, the widget, the static files and the totals (cacheable and streamed)."""
+def _no_token(_campaign: str) -> str:
+    return ""
+
+
+def add_pages(
+    app: FastAPI,
+    campaigns_of: CampaignsOf,
+    hub: Callable[[], TotalsHub],
+    form_token: Callable[[str], str] = _no_token,
+) -> None:
+    """The page, the widget, the static files and the totals (cacheable and streamed);
+    `form_token` signs the time the page's form is rendered (ingest/form_guard.py)."""
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     async def shown(
@@ -119,8 +154,8 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
     ) -> tuple[Texts, Campaign | None, CampaignTotals | None]:
         """The language asked for, the campaign (None if unknown) and its totals."""
         t = texts(language_of(request.scope["query_string"], dict(request.scope["headers"])))
-        campaign = await get_campaign(pool_of(), slug)
-        totals = await _totals(hub(), pool_of(), slug) if campaign else None
+        campaign = await campaigns_of().get(slug)
+        totals = await _totals(hub(), campaigns_of(), slug) if campaign else None
         return t, campaign, totals
 
     @app.get("/campaigns/{slug}", response_class=HTMLResponse, summary="The petition page")
@@ -128,7 +163,12 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
         t, campaign, totals = await shown(slug, request)
         if campaign is None:
             return _html(_message(t, t("not_found")), 404)
-        return _html(render_page(t, campaign, totals, await list_updates(pool_of(), slug)))
+        return _html(
+            render_page(
+                t, campaign, totals, await campaigns_of().updates(slug),
+                form_token=form_token(slug),
+            )
+        )  # fmt: skip
 
     @app.get("/campaigns/{slug}/widget", response_class=HTMLResponse, summary="Embeddable counter")
     async def widget(slug: str, request: Request) -> Response:
@@ -143,30 +183,29 @@ def add_pages(app: FastAPI, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> No
 
     @app.get("/v1/campaigns/{slug}/totals", summary="Running totals of a campaign")
     async def totals(slug: str, request: Request) -> Response:
-        found = await _totals(hub(), pool_of(), slug)
+        found = await _current(hub(), campaigns_of(), slug)
         if found is None:
             return _unknown_campaign()
-        tag = f'"{found.version}"'
+        tag = f'"{found.totals.version}"'
         headers = {"ETag": tag, "Cache-Control": f"public, max-age={TOTALS_MAX_AGE_S}"}
         if tag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return Response(found.model_dump_json(), media_type=JSON_TYPE, headers=headers)
+        return Response(found.json, media_type=JSON_TYPE, headers=headers)
 
     @app.get("/v1/campaigns/{slug}/totals/stream", summary="Live totals (server-sent events)")
     async def stream(slug: str, request: Request) -> Response:
-        first = await _totals(hub(), pool_of(), slug)
+        first = await _current(hub(), campaigns_of(), slug)
         if first is None:
             return _unknown_campaign()
-        last = request.headers.get("last-event-id", "")
-        last_seen = int(last) if last.isdigit() else None
+        if not hub().reserve():
+            return _too_many_streams()
+        last_seen = last_event_id(request.headers.get("last-event-id", ""))
 
         async def events() -> Any:
-            async for t in updates(hub(), slug, first, last_seen):
-                yield ServerSentEvent(t.model_dump_json(), event="totals", id=str(t.version))
+            async for frame in updates(hub(), slug, first, last_seen):
+                yield frame.event  # the same bytes for every client
 
-        return EventSourceResponse(
-            events(), ping=15, send_timeout=10, headers={"Cache-Control": "no-store"}
-        )
+        return CappedStream(hub().release, events(), ping=15, send_timeout=10, headers=NO_STORE)
 
 
 def _unknown_campaign() -> Response:
@@ -185,10 +224,17 @@ class BrowserForms:
     reads it and its JSON answer as it sends it, then answers with HTML instead.
     """
 
-    def __init__(self, app: ASGIApp, pool_of: PoolOf, hub: Callable[[], TotalsHub]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        campaigns_of: CampaignsOf,
+        hub: Callable[[], TotalsHub],
+        form_token: Callable[[str], str] = _no_token,
+    ) -> None:
         self.app = app
-        self.pool_of = pool_of
+        self.campaigns_of = campaigns_of
         self.hub = hub
+        self.form_token = form_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", ()))
@@ -228,29 +274,33 @@ class BrowserForms:
             {k.decode(): v.decode() for k, v in sent["headers"] if k.decode() in kept},
         )
         await browser_answer(
-            send, pool=self.pool_of(), hub=self.hub(), slug=match[1],
+            send, campaigns=self.campaigns_of(), hub=self.hub(), slug=match[1],
             language=language_of(scope.get("query_string", b""), headers),
-            answer=answer, body=b"".join(body),
+            answer=answer, body=b"".join(body), form_token=self.form_token,
         )  # fmt: skip
 
 
 async def browser_answer(
     send: Send,
     *,
-    pool: asyncpg.Pool,
+    campaigns: CampaignCache,
     hub: TotalsHub,
     slug: str,
     language: str,
     answer: Answer,
     body: bytes,
+    form_token: Callable[[str], str] = _no_token,
 ) -> None:
-    """The HTML answer to a form post from a browser, for the ingest endpoint's answer."""
+    """The HTML answer to a form post from a browser, for the ingest endpoint's answer.
+    Never stored by any cache: it shows the signer's name, or what they typed. The form
+    shown again keeps the time it was first rendered (its token), so a person who corrects
+    a field is not taken for a script that posted too fast."""
     try:
         values = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50))
     except (UnicodeDecodeError, ValueError):
         values = {}
     t = texts(values.get("language") or language)
-    campaign = await get_campaign(pool, slug)
+    campaign = await campaigns.get(slug)
     if campaign is None:
         html, status = _message(t, t("not_found")), 404
     elif answer.status == 202:
@@ -260,20 +310,23 @@ async def browser_answer(
             confirm_by_email=campaign.confirmation is Confirmation.REQUIRED,
         )  # fmt: skip
         status = 202
-    elif answer.status in (409, 422, 503):
+    elif answer.status in (409, 422, 429, 503):
         errors = {
             e["field"]: e["reason"]
             for e in answer.payload.get("errors", [])
             if e["field"] in FORM_FIELDS or e["field"] == "consent"
         }
         message = t("unavailable") if answer.status == 503 else None
+        if answer.status == 429:
+            message = t("rate_limited")
         if answer.status == 422 and not errors:
             message = t.reason("other")
         kept = {k: v for k, v in values.items() if k in FORM_FIELDS or k == "consent"}
-        totals = await _totals(hub, pool, slug)
+        totals = await _totals(hub, campaigns, slug)
         html = render_page(
-            t, campaign, totals, await list_updates(pool, slug),
+            t, campaign, totals, await campaigns.updates(slug),
             values=kept, errors=errors, message=message,
+            form_token=values.get(TOKEN_FIELD) or form_token(slug),
         )  # fmt: skip
         status = answer.status
     else:
@@ -285,7 +338,7 @@ async def browser_answer(
         (b"content-security-policy", PAGE_CSP.encode()),
         *(
             (k.lower().encode(), v.encode())
-            for k, v in {**SECURITY_HEADERS, **answer.headers}.items()
+            for k, v in {**SECURITY_HEADERS, **NO_STORE, **answer.headers}.items()
         ),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +21,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.campaign_cache import CampaignCache
 from ingest.edge import CLIENT_FIELDS, EdgeRejection, from_form, from_json_object
+from ingest.edge_facts import EdgeFacts
 from ingest.metrics import PRODUCE_ERRORS, SUBMISSIONS
-from runtime.campaigns import campaign_statuses
+from ingest.partner_auth import AuthRefusal, PartnerKeys
 from runtime.settings import Settings
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus
@@ -56,29 +57,15 @@ class BodyTooLarge(Exception):
     pass
 
 
-class CampaignCache:
-    """Campaign statuses, reloaded every few seconds; the workers re-check exactly."""
-
-    def __init__(self, pool: asyncpg.Pool, refresh_s: float = 2.0) -> None:
-        self._pool = pool
-        self._refresh_s = refresh_s
-        self._statuses: dict[str, CampaignStatus] = {}
-        self._loaded_at = 0.0
-
-    async def status(self, slug: str) -> CampaignStatus | None:
-        if slug not in self._statuses or time.monotonic() - self._loaded_at > self._refresh_s:
-            self._statuses = await campaign_statuses(self._pool)
-            self._loaded_at = time.monotonic()
-        return self._statuses.get(slug)
-
-
 class Signer:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
         self.settings = settings
         self.pool = pool
         self.producer = producer
         self.topics = Topics.from_settings(settings)
-        self.campaigns = CampaignCache(pool)
+        self.campaigns = CampaignCache(pool, public_min_count=settings.public_min_count)
+        self.partners = PartnerKeys(pool)
+        self.edge = EdgeFacts(settings)  # address prefix and form flags of web signatures
 
     async def refusal(self, slug: str) -> Answer | None:
         """404 for an unknown campaign, 409 for a closed one, else None."""
@@ -109,23 +96,44 @@ class Signer:
             return problem(503, "(service)", "broker_unavailable", **{"Retry-After": "2"})
         return None
 
-    async def sign(self, slug: str, content_type: str, read: BodyReader) -> Answer:
-        """One signature from the web form or a JSON client."""
+    async def source(
+        self, slug: str, authorization: bytes | None, query: bytes, *, required: bool
+    ) -> str | Answer:
+        """`web`, or `partner:NAME` from the request's key; else the refusal to answer."""
+        who = await self.partners.authorize(authorization, query, slug, required=required)
+        if who is None:
+            return "web"
+        if isinstance(who, AuthRefusal):
+            SUBMISSIONS.labels("refused", who.reason).inc()
+            return problem(who.status, "authorization", who.reason, **who.headers)
+        return who.source
+
+    async def sign(
+        self,
+        slug: str,
+        content_type: str,
+        read: BodyReader,
+        source: str = "web",
+        scope: Scope | None = None,
+    ) -> Answer:
+        """One signature from the web form, a JSON client or a partner (`source`); `scope`,
+        the request's, gives a web signature its silent flags' facts (ingest/edge_facts)."""
         if (refused := await self.refusal(slug)) is not None:
             return refused
         try:
-            body = await read(self.settings.max_body_bytes)
+            body = await read(self.settings.max_signature_bytes)
         except BodyTooLarge:
             return problem(413, "(body)", "body_too_large")
         if content_type == FORM_TYPE:
-            outcome = parse_form(body, campaign=slug)
+            outcome = parse_form(body, campaign=slug, source=source)
         elif content_type in (JSON_TYPE, ""):
-            outcome = parse_json(body, campaign=slug, source="web")
+            outcome = parse_json(body, campaign=slug, source=source)
         else:
             return problem(415, "(body)", "unsupported_media_type")
         if isinstance(outcome, EdgeRejection):
             SUBMISSIONS.labels("refused", outcome.errors[0].reason.value).inc()
             return Answer(422, outcome.as_json())
+        outcome = self.edge.stamp(outcome, scope, body if content_type == FORM_TYPE else None)
         if (failed := await self.produce([outcome])) is not None:
             return failed
         SUBMISSIONS.labels("accepted", "").inc()
@@ -144,7 +152,7 @@ def parse_json(body: bytes, *, campaign: str, source: str) -> Submission | EdgeR
     return from_json_object(parsed, campaign=campaign, source=source)
 
 
-def parse_form(body: bytes, *, campaign: str) -> Submission | EdgeRejection:
+def parse_form(body: bytes, *, campaign: str, source: str = "web") -> Submission | EdgeRejection:
     """An HTML form post as a Submission; a field given twice is refused, not overridden."""
     try:
         pairs = parse_qsl(
@@ -159,7 +167,7 @@ def parse_form(body: bytes, *, campaign: str) -> Submission | EdgeRejection:
         if name in form and name in CLIENT_FIELDS:
             return EdgeRejection([FieldError(name, Reason.DUPLICATE_FIELD)])
         form[name] = value
-    return from_form(form, campaign=campaign, source="web")
+    return from_form(form, campaign=campaign, source=source)
 
 
 def media_type(value: str) -> str:
@@ -180,8 +188,17 @@ class SigningFastPath:
             return
         scope["route_template"] = SIGN_ROUTE
         headers = dict(scope["headers"])
+        signer = self.signer()
+        source = await signer.source(
+            match[1], headers.get(b"authorization"), scope["query_string"], required=False
+        )
+        if isinstance(source, Answer):
+            await send_answer(send, source)
+            return
         content_type = media_type(headers.get(b"content-type", b"").decode("latin-1"))
-        answer = await self.signer().sign(match[1], content_type, body_reader(scope, receive))
+        answer = await signer.sign(
+            match[1], content_type, body_reader(scope, receive), source, scope
+        )
         await send_answer(send, answer)
 
 
@@ -211,6 +228,7 @@ async def send_answer(send: Send, answer: Answer) -> None:
     raw_headers = [
         (b"content-type", JSON_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),  # it answers one person's submission
         *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
     ]
     await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})

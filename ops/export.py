@@ -1,8 +1,8 @@
 """`signatures export`: the signatures of a campaign, for delivery to its target.
 
-Confirmed signatures only: names, country and the date signed; never an email or a
-postcode. Cells that a
-spreadsheet would read as a formula (starting with =, +, -, @, tab or carriage return)
+The signatures that count (confirmed, not held by a flag nor invalidated): names,
+country and the date signed; never an email or a postcode. Cells that a spreadsheet
+would read as a formula (starting with =, +, -, @, tab or carriage return)
 are prefixed with an apostrophe, as OWASP recommends against CSV injection, so a
 name like `=HYPERLINK(…)` arrives as text.
 """
@@ -26,7 +26,7 @@ def safe_cell(value: str) -> str:
 async def count_signatures(pool: asyncpg.Pool, campaign: str) -> int:
     return int(
         await pool.fetchval(
-            "SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed'", campaign
+            "SELECT count(*) FROM signatures WHERE campaign = $1 AND counted", campaign
         )
     )
 
@@ -45,7 +45,7 @@ async def export_csv(
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         cursor = conn.cursor(
             "SELECT first_name, last_name, country, submitted_at FROM signatures "
-            "WHERE campaign = $1 AND state = 'confirmed' ORDER BY id",
+            "WHERE campaign = $1 AND counted ORDER BY id",
             campaign,
             prefetch=5_000,
         )

@@ -27,7 +27,7 @@ from runtime.settings import Settings
 @dataclass(frozen=True)
 class Correction:
     campaign: str
-    total: tuple[int, int]  # stored before, counted now (confirmed signatures)
+    total: tuple[int, int]  # stored before, counted now (the rows that count)
     duplicates: tuple[int, int]
     breakdown: dict[str, tuple[int, int]] = field(default_factory=dict)  # "country:IT"
     version: int = 0  # the version that carries the corrected figures (0: unchanged)
@@ -38,16 +38,18 @@ class Correction:
         return self.version > 0
 
 
+# What counts is the rows' `counted` column: confirmed, and not held by a flag or
+# invalidated (schemas/migrations/0008_flags.sql), the same definition every writer reads.
 _COUNTS = """
-SELECT (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed') AS total,
+SELECT (SELECT count(*) FROM signatures WHERE campaign = $1 AND counted) AS total,
        (SELECT count(*) FROM signatures WHERE campaign = $1 AND state = 'pending') AS pending,
        (SELECT count(*) FROM duplicate_submissions WHERE campaign = $1) AS duplicates
 """
 _BREAKDOWN = """
 SELECT 'country' AS dimension, country AS key, count(*) AS n
-FROM signatures WHERE campaign = $1 AND state = 'confirmed' GROUP BY country
+FROM signatures WHERE campaign = $1 AND counted GROUP BY country
 UNION ALL
-SELECT 'source', source, count(*) FROM signatures WHERE campaign = $1 AND state = 'confirmed'
+SELECT 'source', source, count(*) FROM signatures WHERE campaign = $1 AND counted
 GROUP BY source
 """
 _SET_BREAKDOWN = """

@@ -3,7 +3,8 @@
 One snapshot of the consumer groups (committed offset, high watermark and lag per
 partition), recent rates (from two snapshots of the offsets), the dead letters by
 reason, and per campaign the published total, its age and the database's count, with
-drift flagged. Nothing here reads a name or an email.
+drift flagged; the busiest address prefixes and email domains of the last hour and what
+the silent flags hold. Nothing here reads a name or an email.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class CampaignLine:
     confirmation: str = "required"
     pending: int = 0  # waiting for their owners' confirmation
     by_source: dict[str, int] = field(default_factory=dict)  # counted, per source
+    held: int = 0  # held by a silent flag, waiting for review (`signatures review list`)
+    # the most new signatures in the last hour, per address prefix and per email domain
+    busiest_prefixes: dict[str, int] = field(default_factory=dict)
+    busiest_domains: dict[str, int] = field(default_factory=dict)
 
     @property
     def drift(self) -> int:
@@ -120,13 +125,19 @@ async def _dead_letters(settings: Settings) -> tuple[dict[str, int], datetime | 
 
 
 async def _campaigns(settings: Settings, pool: asyncpg.Pool) -> list[CampaignLine]:
-    stored, rows, published, private = await asyncio.gather(
+    stored, rows, published, private, busiest, held = await asyncio.gather(
         read_totals(pool),
         counted_rows(pool),
         read_published_totals(settings, timeout=60),
         pool.fetch(_PRIVATE),
+        pool.fetch(_BUSIEST),
+        pool.fetch(_HELD),
     )
     operators = {r["campaign"]: r for r in private}
+    held_by = {r["campaign"]: int(r["n"]) for r in held}
+    busy: dict[tuple[str, str], dict[str, int]] = {}
+    for r in busiest:
+        busy.setdefault((r["campaign"], r["kind"]), {})[r["key"]] = int(r["n"])
     now = datetime.now(UTC)
     lines = []
     for totals in stored:
@@ -145,6 +156,9 @@ async def _campaigns(settings: Settings, pool: asyncpg.Pool) -> list[CampaignLin
                 confirmation=mine["confirmation"] if mine else "?",
                 pending=mine["pending"] if mine else 0,
                 by_source=json.loads(mine["by_source"]) if mine else {},
+                held=held_by.get(totals.campaign, 0),
+                busiest_prefixes=busy.get((totals.campaign, "prefix"), {}),
+                busiest_domains=busy.get((totals.campaign, "domain"), {}),
             )
         )
     return lines
@@ -157,6 +171,24 @@ SELECT t.campaign, c.confirmation, t.pending,
                  WHERE b.campaign = t.campaign AND b.dimension = 'source' AND b.count > 0),
                 '{}') AS by_source
 FROM campaign_totals t JOIN campaigns c ON c.slug = t.campaign
+"""
+
+
+# The busiest address prefixes and email domains of the last hour, per campaign, from the
+# persist workers' per-minute counts (empty while flags are off).
+_BUSIEST = """
+SELECT campaign, kind, key, n FROM (
+    SELECT campaign, kind, key, sum(count) AS n,
+           row_number() OVER (PARTITION BY campaign, kind ORDER BY sum(count) DESC, key) AS rank
+    FROM signing_rates WHERE minute > now() - interval '1 hour'
+    GROUP BY campaign, kind, key
+) busiest
+WHERE rank <= 3
+ORDER BY campaign, kind, n DESC, key
+"""
+_HELD = """
+SELECT campaign, count(*) AS n FROM signatures
+WHERE flag IS NOT NULL AND review IS NULL GROUP BY campaign
 """
 
 
@@ -254,7 +286,22 @@ def render(status: Status) -> list[Table]:
             age, f"{c.total:,}", f"{c.rows:,}", f"{c.pending:,}",
             ", ".join(f"{k} {n:,}" for k, n in sources) or "-", check,
         )  # fmt: skip
-    return [groups, summary, campaigns]
+    return [groups, summary, campaigns, _sources(status)]
+
+
+def _sources(status: Status) -> Table:
+    """Where the last hour's signatures came from, and what the flags hold."""
+    table = Table(title="last hour: busiest sources, and held for review", title_justify="left")
+    for column in ("campaign", "address prefixes", "email domains", "held"):
+        table.add_column(column, justify="right" if column == "held" else "left")
+    for c in status.campaigns:
+        table.add_row(
+            c.campaign,
+            ", ".join(f"{k} {n:,}" for k, n in c.busiest_prefixes.items()) or "-",
+            ", ".join(f"{k} {n:,}" for k, n in c.busiest_domains.items()) or "-",
+            f"{c.held:,}",
+        )
+    return table
 
 
 def _lag(lag: int) -> str:

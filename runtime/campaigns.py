@@ -129,7 +129,7 @@ async def counted_rows(conn: Queryable) -> dict[str, int]:
     against the rows."""
     rows = await conn.fetch(
         "SELECT c.slug, count(s.id) AS n FROM campaigns c "
-        "LEFT JOIN signatures s ON s.campaign = c.slug AND s.state = 'confirmed' "
+        "LEFT JOIN signatures s ON s.campaign = c.slug AND s.counted "
         "GROUP BY c.slug"
     )
     return {row["slug"]: int(row["n"]) for row in rows}

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from ops.review_commands import review_app
 from runtime.logs import configure_logging, get_logger
 from runtime.settings import ConfigError, Settings, load_settings
 
@@ -33,6 +34,9 @@ campaign_app = typer.Typer(help="Create, list and close campaigns.", no_args_is_
 app.add_typer(campaign_app, name="campaign")
 dlq_app = typer.Typer(help="Dead letters: list, show, replay.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+partner_app = typer.Typer(help="Partner keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(partner_app, name="partner")
+app.add_typer(review_app, name="review")
 
 T = TypeVar("T")
 log = get_logger("runtime.cli")
@@ -108,25 +112,22 @@ def topics() -> None:
 
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
-    """Serve the ingest API (HTTP) on one process."""
+    """Serve the ingest API (HTTP) on one process; its /metrics on SIGNATURES_METRICS_PORT."""
     import uvicorn
 
     from ingest.api import create_app
+    from ingest.server import raise_open_files_limit, server_config
 
     s = settings()
     s.require_dedupe_secret()
     app = create_app(s)
-    tune_gc_for_throughput()
-    uvicorn.run(
-        app,
-        host=host or s.api_host,
-        port=port if port is not None else s.api_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(s.shutdown_grace_s),
+    raise_open_files_limit(s)
+    config = server_config(
+        app, s, host=host or s.api_host, port=port if port is not None else s.api_port
     )
+    serve_metrics(s, "api")
+    tune_gc_for_throughput()
+    uvicorn.Server(config).run()
 
 
 class Worker(StrEnum):
@@ -159,13 +160,14 @@ def worker(
         install_stop_signals(stop)
         await run_worker(WorkerKind(kind.value), s, stop, drain=drain)
 
-    serve_worker_metrics(s, kind.value)
+    serve_metrics(s, kind.value)
     tune_gc_for_throughput()
     run(go)
 
 
-def serve_worker_metrics(s: Settings, worker: str) -> None:
-    """/metrics of a worker on its own port, in a thread (SIGNATURES_METRICS_PORT)."""
+def serve_metrics(s: Settings, worker: str) -> None:
+    """/metrics of a worker or the API on its own port, in a thread (SIGNATURES_METRICS_PORT),
+    never on the API's public port."""
     from prometheus_client import start_http_server
 
     try:
@@ -199,8 +201,9 @@ def up(
         ) as stack:
             await _with_pool(stack.settings, ensure_seed_campaign)
             out.print(
-                f"[bold green]ready[/] API on {stack.api_url} (docs at {stack.api_url}/docs), "
-                f"petition page {stack.api_url}/campaigns/{SEED_CAMPAIGN.slug}; Ctrl-C stops"
+                f"[bold green]ready[/] API on {stack.api_url}"
+                + (f" (docs at {stack.api_url}/docs)" if s.docs else "")
+                + f", petition page {stack.api_url}/campaigns/{SEED_CAMPAIGN.slug}; Ctrl-C stops"
             )
             if stack.mail_dir is not None:
                 out.print(f"confirmation emails are kept as .eml files in {stack.mail_dir}")
@@ -481,6 +484,111 @@ def campaign_close(slug: Annotated[str, typer.Argument()]) -> None:
 
     _change_campaign(slug, lambda pool: close_campaign(pool, slug))
     out.print(f"closed campaign {slug}")
+
+
+@partner_app.command("create")
+def partner_create(
+    name: Annotated[
+        str, typer.Option(help="Lower-case letters, digits and '-'; its source is partner:NAME")
+    ],
+    campaign: Annotated[
+        list[str] | None,
+        typer.Option("--campaign", help="A campaign the key may sign (repeatable; default: all)"),
+    ] = None,
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--confirmed",
+            help="The partner confirms its signers itself: on campaigns that require "
+            "confirmation its signatures count at once, without our email",
+        ),
+    ] = False,
+) -> None:
+    """Issue a partner's key and print it once on stdout; only its hash is kept.
+
+    Refused while the name has a key in use (revoke it first); a revoked name gets a new key.
+    """
+    from runtime.partners import NAME_PATTERN, PartnerExists, UnknownCampaigns, create_partner
+
+    if not NAME_PATTERN.match(name):
+        typer.echo("--name: invalid_field (lower-case letters, digits and '-')", err=True)
+        raise typer.Exit(2)
+    s = settings()
+    try:
+        partner, key = run(
+            lambda: _with_pool(
+                s, lambda pool: create_partner(pool, name, campaign, confirms=confirmed)
+            )
+        )
+    except PartnerExists:
+        typer.echo(f"partner {name} already has a key in use: revoke it first", err=True)
+        raise typer.Exit(1) from None
+    except UnknownCampaigns as exc:
+        typer.echo(f"no campaign {', '.join(exc.slugs)}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(key)
+    scope = ", ".join(sorted(partner.campaigns)) if partner.campaigns else "every campaign"
+    typer.echo(
+        f"key for partner {name} ({scope}; "
+        f"{'confirms its signers' if partner.confirms else 'signers confirm by email'}) "
+        "printed on stdout; it is not stored and will not be shown again",
+        err=True,
+    )
+
+
+@partner_app.command("list")
+def partner_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+) -> None:
+    """Every partner key issued, revoked ones too: scope, times; never the keys."""
+    from runtime.partners import list_partners
+
+    s = settings()
+    partners = run(lambda: _with_pool(s, list_partners))
+    rows = [
+        {
+            "name": p.name,
+            "campaigns": sorted(p.campaigns) if p.campaigns is not None else None,
+            "confirms": p.confirms,
+            "created_at": p.created_at.isoformat(),
+            "last_used_at": p.last_used_at.isoformat() if p.last_used_at else None,
+            "revoked_at": p.revoked_at.isoformat() if p.revoked_at else None,
+        }
+        for p in partners
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(
+        "name", "campaigns", "confirms", "created (UTC)", "last used (UTC)", "revoked (UTC)"
+    )
+    for row in rows:
+        campaigns = row["campaigns"]
+        table.add_row(
+            str(row["name"]),
+            ", ".join(campaigns) if isinstance(campaigns, list) else "all",
+            "yes" if row["confirms"] else "no",
+            *(_minute(row[k]) for k in ("created_at", "last_used_at", "revoked_at")),
+        )
+    out.print(table)
+
+
+def _minute(value: object) -> str:
+    return str(value)[:16].replace("T", " ") if value else "-"
+
+
+@partner_app.command("revoke")
+def partner_revoke(name: Annotated[str, typer.Argument()]) -> None:
+    """Revoke a partner's key: every API process refuses it within seconds (401)."""
+    from runtime.partners import UnknownPartner, revoke_partner
+
+    s = settings()
+    try:
+        revoked = run(lambda: _with_pool(s, lambda pool: revoke_partner(pool, name)))
+    except UnknownPartner:
+        typer.echo(f"no partner {name}", err=True)
+        raise typer.Exit(1) from None
+    out.print(f"revoked the key of partner {name}" if revoked else f"{name} was already revoked")
 
 
 @app.command()

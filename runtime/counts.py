@@ -28,6 +28,15 @@ ON CONFLICT (campaign, dimension, key)
 DO UPDATE SET count = campaign_breakdown.count + excluded.count
 """
 
+# A CHECK constraint judges the row an upsert proposes before its conflict is seen, so the
+# decreases (invalidating counted signatures) are proposed as 0, which still locks their
+# rows in the one order, then subtracted from the rows now held.
+_SUBTRACT_BREAKDOWN = """
+UPDATE campaign_breakdown b SET count = b.count + d.n
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS d(c, dim, k, n)
+WHERE b.campaign = d.c AND b.dimension = d.dim AND b.key = d.k
+"""
+
 _ADD_TOTAL = """
 UPDATE campaign_totals
 SET total = total + $2, pending = pending + $3, duplicates = duplicates + $4,
@@ -68,8 +77,16 @@ async def add_counts(
             [k[0] for k in keys],
             [k[1] for k in keys],
             [k[2] for k in keys],
-            [changes[k] for k in keys],
+            [max(changes[k], 0) for k in keys],
         )
+        if decreases := [k for k in keys if changes[k] < 0]:
+            await conn.execute(
+                _SUBTRACT_BREAKDOWN,
+                [k[0] for k in decreases],
+                [k[1] for k in decreases],
+                [k[2] for k in decreases],
+                [changes[k] for k in decreases],
+            )
     versions: dict[str, int] = {}
     unchanged: set[str] = set(campaigns)
     for campaign in sorted({*counted, *pending, *duplicates}):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 from schemas.migrate import current_version, latest_version, migrate
 
@@ -25,21 +27,52 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         """CREATE TEMP TABLE IF NOT EXISTS staging_signatures (
                submission_id uuid, campaign text, email_hash bytea, first_name text,
                last_name text, email text, country text, postcode text, consent boolean,
-               language text, source text, submitted_at timestamptz, received_at timestamptz
+               language text, source text, submitted_at timestamptz, received_at timestamptz,
+               client_prefix text, client_hash bytea, email_domain text, flag text
            ) ON COMMIT DELETE ROWS"""
     )
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
+class BoundedPool(asyncpg.Pool):
+    """A pool whose every acquire, `pool.fetch(...)` and the like included, waits at most
+    `acquire_timeout` seconds for a connection and then raises TimeoutError.
+
+    asyncpg's own acquire waits without end by default: when every connection is busy, a
+    flood of requests would queue behind them and slow everyone. The API turns the
+    TimeoutError into a 503 with Retry-After instead.
+    """
+
+    def __init__(self, dsn: str, *, acquire_timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    acquire_timeout: float | None = None,
+) -> asyncpg.Pool:
+    # The arguments asyncpg.create_pool would pass; asyncpg documents `Pool(dsn, **kwargs)`.
+    pool = BoundedPool(
         database_url,
+        acquire_timeout=acquire_timeout,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
         init=_init_connection,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=60,
         server_settings={"application_name": "signatures"},
     )
-    assert pool is not None  # noqa: S101 - asyncpg types the pool as optional
+    await pool
     return pool
 
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.abuse_settings import (
+    COMMON_DOMAINS,
+    DomainsText,
+    NetworksText,
+    RateLimitsText,
+    RateWindowText,
+    StorageUrl,
+)
+
 PREFIX = "SIGNATURES_"
+# A host name or IPv4 address, "*.example.org" for its subdomains, or "*" for any host.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"\*|(\*\.)?{_LABEL}(\.{_LABEL})*")
 
 
 class ConfigError(Exception):
@@ -50,7 +64,9 @@ class Settings(BaseSettings):
     batch_max_records: Annotated[int, Field(ge=1, le=100_000)] = 5_000
     batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     max_record_bytes: Annotated[int, Field(ge=256, le=10_000_000)] = 16_384
-    max_body_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 4_000_000
+    # HTTP bodies: one signature (JSON or form) is a few hundred bytes; a batch is its lines.
+    max_signature_bytes: Annotated[int, Field(ge=1024, le=1_000_000)] = 8_192
+    max_batch_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 8_000_000
     producer_linger_ms: Annotated[int, Field(ge=0, le=1_000)] = 5
     kafka_enable_idempotence: bool = False
     session_timeout_ms: Annotated[int, Field(ge=1_000, le=300_000)] = 10_000
@@ -58,7 +74,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: Annotated[float, Field(gt=0, le=600)] = 20.0
     totals_poll_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0  # workers; 0: any free port
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0  # every process; 0: any free port
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
@@ -81,6 +97,32 @@ class Settings(BaseSettings):
     reminder_after_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 48
     mail_poll_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     mail_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    # The HTTP edge of the API (ingest/server.py, ingest/middleware.py): see the README.
+    http_max_connections: Annotated[int, Field(ge=16, le=1_000_000)] = 8_192
+    http_header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    http_body_timeout_s: Annotated[float, Field(gt=0, le=3_600)] = 15.0
+    http_keep_alive_s: Annotated[int, Field(ge=1, le=300)] = 5
+    sse_max_streams: Annotated[int, Field(ge=1, le=1_000_000)] = 4_096
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated Host names the API answers; default: the public "
+        "URL's host, localhost and 127.0.0.1",
+    )
+    docs: bool = False  # /docs and /openapi.json
+    db_acquire_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Abuse resistance (runtime/abuse_settings.py; README "Abuse policy"): rate limits at
+    # the API, in the `limits` notation, and silent flags held for an operator's review.
+    rate_limits: bool = True  # off: trusted load (the bench, the fault tests)
+    rate_limit_client: RateLimitsText = "20/minute;200/hour"  # per address (IPv6: per /64)
+    rate_limit_key: RateLimitsText = "600/minute"  # per partner key (a batch is one request)
+    rate_limit_campaign: RateLimitsText = "5000/second"  # per campaign, per API process
+    rate_limit_storage: StorageUrl = "memory://"  # or redis://host:6379: shared by processes
+    trusted_proxies: NetworksText = ""  # X-Forwarded-For is read only from these peers
+    flags: bool = True  # off: trusted load (the bench, the fault tests)
+    flag_prefix_rate: RateWindowText = "30/10minutes"  # per campaign and /24 or /48
+    flag_domain_rate: RateWindowText = "100/10minutes"  # per campaign and email domain
+    flag_exempt_domains: DomainsText = COMMON_DOMAINS  # never flagged for their rate
+    form_min_seconds: Annotated[float, Field(ge=0, le=600)] = 3.0  # the page's form, filled
 
     @field_validator("database_url")
     @classmethod
@@ -102,6 +144,28 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value is not None else None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        hosts = [host.strip().lower() for host in value.split(",") if host.strip()]
+        if not hosts:
+            raise ValueError("must name at least one host")
+        for host in hosts:
+            if not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"not a host name: {host[:64]!r} (names, *.domain or *)")
+        return ",".join(hosts)
+
+    def trusted_hosts(self) -> list[str]:
+        """The Host names the API answers to: SIGNATURES_ALLOWED_HOSTS, or by default the
+        public URL's host, localhost and 127.0.0.1."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts.split(",")
+        hosts = ["localhost", "127.0.0.1"]
+        public = urlsplit(self.public_url).hostname if self.public_url else None
+        return [public, *hosts] if public and public not in hosts else hosts
 
     def require_mail(self) -> tuple[str, str, str]:
         """SMTP host, sender address and public URL, or a ConfigError naming the variable."""

@@ -4,7 +4,9 @@ Broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), migrations, topics, the
 the persist workers, the counter and the mail worker as separate processes (so they use
 both cores). Without SIGNATURES_SMTP_HOST the confirmation emails go to a local SMTP
 server that keeps them as `.eml` files in the state directory (`runtime.mailbox`), so the
-double opt-in works on one machine. A child that dies is restarted. Ctrl-C stops the API
+double opt-in works on one machine. Every child serves its /metrics on a port of its own
+(any free one, or SIGNATURES_METRICS_PORT and the ports after it, one per child) and logs
+it (`metrics_listening`). A child that dies is restarted. Ctrl-C stops the API
 first, then the workers (each drains its batch in flight), then the local mail server and
 the broker.
 """
@@ -18,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -41,6 +43,7 @@ class Child:
     log_file: IO[bytes] | None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's
 
 
 class Stack:
@@ -65,6 +68,9 @@ class Stack:
         if self.log_dir is not None:
             log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230
         child = Child(name, [sys.executable, "-m", "runtime.cli", *args], log_file)
+        if self.settings.metrics_port:  # one port each, from the one configured on
+            port = self.settings.metrics_port + len(self.children)
+            child.env["SIGNATURES_METRICS_PORT"] = str(port)
         await self._start(child)
         self.children.append(child)
         self._watchers.append(asyncio.create_task(self._watch(child)))
@@ -73,7 +79,7 @@ class Stack:
     async def _start(self, child: Child) -> None:
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
-            env=self.env(),
+            env={**self.env(), **child.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=child.log_file,
             stderr=child.log_file,
@@ -157,6 +163,11 @@ async def running_stack(
     api_url = f"http://{host}:{port}"
     if settings.public_url is None:  # the links in emails lead to this machine's API
         settings = settings.model_copy(update={"public_url": api_url})
+    if settings.allowed_hosts is None and host not in settings.trusted_hosts() and ":" not in host:
+        # the address it listens on answers too (the readiness checks below use it; an
+        # IPv6 literal cannot be a Host name to allow)
+        hosts = ",".join([*settings.trusted_hosts(), host])
+        settings = settings.model_copy(update={"allowed_hosts": hosts})
     mailbox: Mailbox | None = None
     if not settings.smtp_host:
         mailbox = Mailbox(settings.state_dir / "mail")

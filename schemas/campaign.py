@@ -30,6 +30,8 @@ class SignatureState(StrEnum):
 
     @property
     def counted(self) -> bool:
+        """Confirmed by its owner. Whether the row counts in public also depends on its
+        flag and review: the `counted` column (schemas/migrations/0008_flags.sql) decides."""
         return self is SignatureState.CONFIRMED
 
 

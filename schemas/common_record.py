@@ -18,6 +18,7 @@ import orjson
 from asyncpg.pgproto.pgproto import UUID
 from pydantic_core import PydanticCustomError
 
+from schemas.flags import CLIENT_HASH_PATTERN, EDGE_FLAGS, canonical_prefix
 from schemas.strict_json import key_ends
 from schemas.submission import (
     LANGUAGE_PATTERN,
@@ -49,6 +50,7 @@ _SLUG = _whole(SLUG_PATTERN)
 _SOURCE = _whole(SOURCE_PATTERN)
 _LANGUAGE = _whole(LANGUAGE_PATTERN)
 _POSTCODE = _whole(POSTCODE_PATTERN)
+_CLIENT_HASH = _whole(CLIENT_HASH_PATTERN)
 _KEYS = frozenset(Submission.model_fields)
 
 
@@ -67,6 +69,7 @@ def read_common(value: bytes) -> Fields | None:
     first, last, email = get("first_name"), get("last_name"), get("email")
     country, postcode, language = get("country"), get("postcode"), get("language")
     consent, submitted, received = get("consent"), get("submitted_at"), get("received_at")
+    prefix, client_hash, edge_flag = get("client_prefix"), get("client_hash"), get("edge_flag")
     if not (
         type(sid) is str
         and _UUID.fullmatch(sid)
@@ -84,6 +87,12 @@ def read_common(value: bytes) -> Fields | None:
         and (received is None or (type(received) is str and _TIME.fullmatch(received)))
         and (postcode is None or (type(postcode) is str and _POSTCODE.fullmatch(postcode)))
         and (language is None or (type(language) is str and _LANGUAGE.fullmatch(language)))
+        and (prefix is None or type(prefix) is str)
+        and (
+            client_hash is None
+            or (type(client_hash) is str and _CLIENT_HASH.fullmatch(client_hash))
+        )
+        and (edge_flag is None or (type(edge_flag) is str and edge_flag in EDGE_FLAGS))
     ):
         return None
     try:
@@ -100,6 +109,9 @@ def read_common(value: bytes) -> Fields | None:
             source,
             plausible_time(datetime.fromisoformat(submitted)),
             None if received is None else in_utc(datetime.fromisoformat(received)),
+            None if prefix is None else canonical_prefix(prefix),
+            client_hash,
+            edge_flag,
         )
     except (ValueError, PydanticCustomError):  # out of range, or refused: the model says why
         return None

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from schemas.countries import ISO_3166_ALPHA2
+from schemas.flags import CLIENT_HASH_PATTERN, EdgeFlag, canonical_prefix
 from schemas.reasons import Reason
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -225,6 +226,19 @@ class Submission(BaseModel):
     received_at: Annotated[AwareDatetime, AfterValidator(in_utc)] | None = Field(
         default=None, description="When the ingest API received it (set by the API)"
     )
+    # What only the HTTP request shows, set by the ingest API (a client cannot send these
+    # over HTTP; partners producing to Kafka leave them out). The persist worker stores the
+    # prefix and the hash, never a full address, and holds a flagged signature for review.
+    client_prefix: Annotated[str, Strict(), AfterValidator(canonical_prefix)] | None = Field(
+        default=None,
+        description="The sender's address prefix, IPv4 /24 or IPv6 /48 (set by the API)",
+    )
+    client_hash: Annotated[str, Field(pattern=CLIENT_HASH_PATTERN)] | None = Field(
+        default=None, description="A keyed hash of the sender's full address (set by the API)"
+    )
+    edge_flag: EdgeFlag | None = Field(
+        default=None, description="A silent flag the API raised on the form post (set by the API)"
+    )
 
     def fields(self) -> Fields:
         """Its values in the order of `Fields`, as the persist worker stores them."""
@@ -241,15 +255,32 @@ class Submission(BaseModel):
             self.source,
             self.submitted_at,
             self.received_at,
+            self.client_prefix,
+            self.client_hash,
+            self.edge_flag,
         )
 
 
 # A valid submission's values, normalised, in this order: submission_id, campaign,
 # first_name, last_name, email, country, postcode, consent, language, source,
-# submitted_at, received_at. What `Submission.fields()` and the common-record reader
-# (schemas.common_record) both give.
+# submitted_at, received_at, client_prefix, client_hash, edge_flag. What
+# `Submission.fields()` and the common-record reader (schemas.common_record) both give.
 Fields = tuple[
-    UUID, str, str, str, str, str, str | None, bool, str | None, str, datetime, datetime | None
+    UUID,
+    str,
+    str,
+    str,
+    str,
+    str,
+    str | None,
+    bool,
+    str | None,
+    str,
+    datetime,
+    datetime | None,
+    str | None,
+    str | None,
+    str | None,
 ]
 
 

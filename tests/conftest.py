@@ -93,6 +93,11 @@ def make_settings(database_url: str, bootstrap: str, **overrides: object) -> Set
         # every country shown on its own, so tests can check breakdowns exactly; tests of
         # the public merge into "other" set their own threshold
         "public_min_count": 1,
+        # tests send many signatures from one address (127.0.0.1) and one email domain
+        # (example.org): trusted load, as the bench's. tests/test_rate_limits.py and
+        # tests/test_flags.py turn these on.
+        "rate_limits": False,
+        "flags": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -82,12 +82,16 @@ class Outcomes:
     dead_letters: dict[tuple[int, int], DeadLetterHeaders]  # by origin partition/offset
     dead_lettered_ids: set[str]
     states: dict[str, str] = field(default_factory=dict)  # submission_id -> state
+    # the rows that count in public, by the rows' own `counted` column: confirmed and not
+    # held by a flag nor invalidated (schemas/migrations/0008_flags.sql)
+    counted: set[str] = field(default_factory=set)
 
     @classmethod
     async def read(cls, settings: Settings, pool: asyncpg.Pool) -> Outcomes:
-        stored = await pool.fetch("SELECT submission_id, campaign, state FROM signatures")
+        stored = await pool.fetch("SELECT submission_id, campaign, state, counted FROM signatures")
         rows = {str(r["submission_id"]): r["campaign"] for r in stored}
         states = {str(r["submission_id"]): r["state"] for r in stored}
+        counted = {str(r["submission_id"]) for r in stored if r["counted"]}
         duplicates = {
             str(r["submission_id"])
             for r in await pool.fetch("SELECT submission_id FROM duplicate_submissions")
@@ -99,7 +103,7 @@ class Outcomes:
             sid = _submission_id(letter.value)
             if sid is not None:
                 dead_ids.add(sid)
-        return cls(rows, duplicates, dead, dead_ids, states)
+        return cls(rows, duplicates, dead, dead_ids, states, counted)
 
     def accounts_for(self, partition: int, offset: int, value: bytes | None) -> bool:
         if (partition, offset) in self.dead_letters:
@@ -201,8 +205,8 @@ def log_texts(paths: Iterable[Path]) -> list[tuple[str, str]]:
 async def _stored_totals_problems(
     pool: asyncpg.Pool, outcomes: Outcomes
 ) -> tuple[list[str], dict[str, int]]:
-    """Every row in a known state; stored totals equal the confirmed rows, pending counts
-    the pending ones. Returns the problems and the confirmed rows per campaign."""
+    """Every row in a known state; stored totals equal the rows that count, pending counts
+    the pending ones. Returns the problems and the counted rows per campaign."""
     problems: list[str] = []
     problems.extend(
         f"signature {sid} is in no known state ({state})"
@@ -212,9 +216,9 @@ async def _stored_totals_problems(
     counts: dict[str, int] = defaultdict(int)  # what the public totals must count
     pending: dict[str, int] = defaultdict(int)
     for sid, campaign in outcomes.rows.items():
-        if outcomes.states.get(sid) == "confirmed":
+        if sid in outcomes.counted:
             counts[campaign] += 1
-        elif outcomes.states.get(sid) == "pending":
+        if outcomes.states.get(sid) == "pending":
             pending[campaign] += 1
     for row in await pool.fetch("SELECT campaign, total, pending FROM campaign_totals"):
         if row["total"] != counts.get(row["campaign"], 0):

@@ -10,6 +10,7 @@ import uvicorn
 
 from consumers.service import WorkerKind, run_worker
 from ingest.api import create_app
+from ingest.server import server_config
 from runtime.broker import free_port
 from runtime.settings import Settings
 
@@ -18,8 +19,9 @@ from runtime.settings import Settings
 async def serving_api(settings: Settings) -> AsyncIterator[str]:
     """Yields the base URL of the API, served by uvicorn on a free port until the end."""
     port = free_port()
+    # The configuration `signatures api` runs with: its limits and timeouts included.
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+        server_config(create_app(settings), settings, host="127.0.0.1", port=port)
     )
     serving = asyncio.create_task(server.serve())
     try:

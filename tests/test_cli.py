@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,6 +130,11 @@ def test_up_serves_and_stops_cleanly_on_ctrl_c(database_url: str, tmp_path: Path
             process.communicate()
     assert process.returncode == 0, output
     assert "ready" in output
+    # every process serves its /metrics on a port of its own, and says which
+    listening = [json.loads(line) for line in output.splitlines() if "metrics_listening" in line]
+    assert {line["worker"] for line in listening} == {"api", "persist", "count", "mail"}
+    assert len({line["port"] for line in listening}) == len(listening) == 4
+    assert port not in {line["port"] for line in listening}
 
 
 def test_demo_ends_with_matching_totals(database_url: str, tmp_path: Path) -> None:
