@@ -206,6 +206,11 @@ async def run_drain(
                 raise TimeoutError(f"not drained after {timeout:.0f}s ({committed}/{total})")
             await asyncio.sleep(0.05)
         drained = time.perf_counter()
+        if not steady_from or committed_at_start >= total:
+            raise RuntimeError(
+                "no steady state to measure: the backlog was drained before every worker "
+                "was in the group; raise --count"
+            )
         cpu_end = cpu_by_component(pids, counter_pid)
         rows, published = await wait_published(settings, deadline)
         conserved = await conservation(settings, total)

@@ -15,13 +15,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KEYS = {
     "count", "seconds", "throughput_per_s", "naive_throughput_per_s", "speedup_vs_naive",
     "copy_limit_per_s", "fraction_of_limit", "latency_ms", "peak_rss_mb", "totals_match",
-    "cold_seconds", "api_max", "surge", "cpu_seconds_steady", "confirmation",
+    "cold_seconds", "api_max", "surge", "cpu_seconds_steady", "confirmation", "limits",
 }  # fmt: skip
 
 
 def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
     env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
+    # small batches, so that a small backlog still takes many commits: the drain measures
+    # from the first commit after every worker joined, and refuses to report without one
+    env["SIGNATURES_BATCH_MAX_RECORDS"] = "100"
     done = subprocess.run(
         [sys.executable, "-m", "runtime.cli", "bench", "--count", "3000", "--naive-count", "200",
          "--rate", "300", "--seconds", "2", "--memory-count", "4000", "--confirm-count", "300",
@@ -37,6 +40,9 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     assert figures["memory_count"] == 4000
     assert figures["surge"]["sent"] == 600
     assert figures["surge"]["errors"] == 0
+    # measured with the protections on (generous limits): nothing refused, nothing held
+    assert figures["limits"]["rate_limits"] is True
+    assert figures["limits"]["flags"] is True
     assert set(figures["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert figures["speedup_vs_naive"] > 0
     assert figures["peak_rss_mb"] > 0

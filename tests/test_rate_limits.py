@@ -37,10 +37,13 @@ CORPUS = [
     json.loads(line)
     for line in (Path(__file__).parent / "corpus" / "abuse.jsonl").read_text().splitlines()
 ]
+# Limits per hour, not per minute: the sliding window counter weighs the previous window
+# by the share of it still in view, so a sequence that straddles a window's end would be
+# let through a fraction early (2 hits just before the minute weigh 1.98 just after it).
 GENEROUS = {
     "rate_limits": True,
-    "rate_limit_client": "1000/minute",
-    "rate_limit_key": "1000/minute",
+    "rate_limit_client": "1000/hour",
+    "rate_limit_key": "1000/hour",
     "rate_limit_campaign": "1000/second",
 }
 
@@ -76,7 +79,7 @@ def assert_refused(response: httpx.Response, expect: str) -> None:
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"errors": [{"field": field, "reason": reason}]}
     retry_after = int(response.headers["retry-after"])
-    assert 1 <= retry_after <= 60
+    assert 1 <= retry_after <= 3600
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ async def test_abuse_corpus(settings: Settings, campaign: str, entry: dict[str, 
 async def test_a_browser_past_the_limit_gets_the_form_again_with_a_message(
     settings: Settings, campaign: str
 ) -> None:
-    tuned = settings.model_copy(update={**GENEROUS, "rate_limit_client": "1/minute"})
+    tuned = settings.model_copy(update={**GENEROUS, "rate_limit_client": "1/hour"})
     async with serving_api(tuned) as api, httpx.AsyncClient(base_url=api, timeout=30) as client:
         form = {**body(), "consent": "on"}
         html = {"accept": "text/html"}
@@ -117,7 +120,7 @@ async def test_a_browser_past_the_limit_gets_the_form_again_with_a_message(
         refused = await client.post(SIGN, data=form, headers=html)
     assert refused.status_code == 429
     assert refused.headers["content-type"].startswith("text/html")
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert 1 <= int(refused.headers["retry-after"]) <= 3600
     assert "Too many signatures sent from this connection" in refused.text
     assert 'value="Ilse"' in refused.text  # what they typed is kept
 
@@ -152,7 +155,7 @@ async def test_two_api_processes_share_the_limits_through_redis(
     tuned = settings.model_copy(
         update={
             **GENEROUS,
-            "rate_limit_client": "3/minute",
+            "rate_limit_client": "3/hour",
             "rate_limit_storage": "redis://127.0.0.1:6379",
             "trusted_proxies": "127.0.0.1",
         }
