@@ -11,6 +11,7 @@ clusters. The fonts come from Debian packages (scripts/bootstrap installs them).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,10 @@ FALLBACKS = (
     ("wqy-microhei", "wqy/wqy-microhei.ttc"),
     ("dejavu", "dejavu/DejaVuSans.ttf"),
 )
+
+# fontTools, which fpdf2 uses to subset the fonts, logs its work at info level, some of it
+# about the glyphs kept: which characters the names contain is not for the logs.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 BODY = 9.0  # points
 SMALLEST = 6.0  # a long name is set smaller down to this size, then wrapped
