@@ -224,6 +224,19 @@ def _staging(out: Path) -> Iterator[Path]:
         staged.unlink(missing_ok=True)
 
 
+async def _reporting(
+    signers: AsyncIterator[Signer], total: int, progress: Callable[[int, int], None]
+) -> AsyncIterator[Signer]:
+    done = 0
+    progress(done, total)
+    async for signer in signers:
+        yield signer
+        done += 1
+        if done % 1_000 == 0:
+            progress(done, total)
+    progress(done, total)
+
+
 Writer = Callable[[Delivery, AsyncIterator[Signer], Path], Awaitable[Counter[str]]]
 
 
@@ -234,10 +247,11 @@ async def export_for_target(
     fmt: DeliveryFormat,
     *,
     public_min_count: int,
+    progress: Callable[[int, int], None] = lambda _done, _total: None,
 ) -> tuple[Delivery, str]:
     """Write the delivery document of `slug` to `out`; returns what it states and its
     SHA-256. Raises UnknownCampaign, OutputError, or (PDF) delivery_pdf.FontsMissing
-    before anything is read or written."""
+    before any signature is read. `progress(done, total)` follows the listing."""
     write: Writer
     if fmt is DeliveryFormat.PDF:
         # imported here: fpdf2 and the fonts only for a PDF (and delivery_pdf imports this)
@@ -253,7 +267,8 @@ async def export_for_target(
             conn.transaction(readonly=True, isolation="repeatable_read"),
         ):
             delivery = await read_delivery(conn, slug, public_min_count=public_min_count)
-            written = await write(delivery, confirmed_signers(conn, slug), staged)
+            signers = _reporting(confirmed_signers(conn, slug), delivery.total, progress)
+            written = await write(delivery, signers, staged)
         if dict(written) != delivery.by_country:  # one snapshot: cannot differ
             raise RuntimeError("the signatures listed differ from the counts")
         digest = sha256_of(staged)

@@ -40,6 +40,10 @@ logging.getLogger("fontTools").setLevel(logging.WARNING)
 BODY = 9.0  # points
 SMALLEST = 6.0  # a long name is set smaller down to this size, then wrapped
 LINE = 5.0  # mm per line of the list
+# So many characters fit a name column at BODY size whatever they are (the widest, a CJK
+# ideograph or a W, is under 3.5 mm), except presentation forms from U+FB00 on, which may
+# be a whole phrase in one character.
+SURELY_FITS = 16
 # the list's columns: width (mm), heading, alignment
 COLUMNS = (
     (16.0, "#", "R"),
@@ -157,6 +161,8 @@ class DeliveryPdf(FPDF):
     def _fit(self, text: str, width: float) -> tuple[float, list[str]]:
         """The font size and lines that set `text` within `width`: smaller first, then
         wrapped."""
+        if len(text) <= SURELY_FITS and max(text, default=" ") < "\ufb00":
+            return BODY, [text]  # measuring costs a second shaping of the text
         room = width - 2 * self.c_margin
         natural = self.get_string_width(text)
         if natural <= room:

@@ -915,10 +915,19 @@ def _export_for_target(campaign: str, output: Path, fmt: ExportFormat) -> None:
         raise typer.Exit(2)
     s = settings()
 
+    from runtime.progress import progress_bar
+
     async def go(pool: asyncpg.Pool) -> tuple[int, str]:
-        delivery, digest = await export_for_target(
-            pool, campaign, output, DeliveryFormat(fmt.value), public_min_count=s.public_min_count
-        )
+        with progress_bar(Console(stderr=True)) as bar:
+            task = bar.add_task(f"writing {campaign} as {fmt.value}", total=None)
+            delivery, digest = await export_for_target(
+                pool,
+                campaign,
+                output,
+                DeliveryFormat(fmt.value),
+                public_min_count=s.public_min_count,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
         return delivery.total, digest
 
     try:
