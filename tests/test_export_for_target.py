@@ -17,6 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
 
+from ops import delivery_pdf
 from ops.delivery import (
     FORMULA_START,
     DeliveryFormat,
@@ -319,6 +320,32 @@ async def test_refusals(pool: asyncpg.Pool, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+async def test_missing_fonts_and_an_empty_campaign(
+    pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    for fmt in DeliveryFormat:
+        delivery, _ = await export_for_target(
+            pool, CAMPAIGN.slug, tmp_path / f"empty.{fmt}", fmt, public_min_count=10
+        )
+        assert (delivery.total, delivery.by_country) == (0, {})
+    text = "".join(page.extract_text() for page in PdfReader(tmp_path / "empty.pdf").pages)
+    assert "Signatures 0" in text and "No signature counts yet." in text
+    empty_csv = (tmp_path / "empty.csv").read_bytes()
+    assert empty_csv.endswith(b"\r\n\r\nfirst_name,last_name,country,signed_on\r\n")
+
+    monkeypatch.setattr(delivery_pdf, "FONT_ROOT", tmp_path / "no-fonts")
+    with pytest.raises(delivery_pdf.FontsMissing) as missing:
+        await export_for_target(
+            pool, CAMPAIGN.slug, tmp_path / "x.pdf", DeliveryFormat.PDF, public_min_count=10
+        )
+    message = str(missing.value)
+    assert "\n" not in message and "NotoSans-Regular.ttf" in message
+    assert "fonts-noto-core fonts-wqy-microhei fonts-dejavu-core" in message
+    assert not (tmp_path / "x.pdf").exists()
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 async def test_cli_for_target(pool: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
     await seed(pool)
@@ -352,6 +379,8 @@ async def test_cli_for_target(pool: asyncpg.Pool, database_url: str, tmp_path: P
     assert len(refused.stderr.splitlines()) == 1 and refused.stdout == ""
     to_stdout = signatures("export", "--campaign", CAMPAIGN.slug, "--for-target", env=env)
     assert to_stdout.returncode == 2 and "--out FILE" in to_stdout.stderr
+    pdf_plain = signatures("export", "--campaign", CAMPAIGN.slug, "--format", "pdf", env=env)
+    assert (pdf_plain.returncode, pdf_plain.stderr) == (2, "--format pdf needs --for-target\n")
 
     # without --for-target, the export is as it was: one header, names, no byte-order mark
     plain = tmp_path / "plain.csv"
