@@ -27,6 +27,7 @@ from ops.delivery import (
     csv_cell,
     export_for_target,
 )
+from ops.export import export_csv, safe_cell
 from ops.reconcile import reconcile_campaign
 from runtime.campaigns import create_campaign, read_totals
 from schemas.campaign import Confirmation, NewCampaign
@@ -317,6 +318,23 @@ async def test_refusals(pool: asyncpg.Pool, tmp_path: Path) -> None:
             pool, CAMPAIGN.slug, tmp_path, DeliveryFormat.CSV, public_min_count=10
         )
     assert os.listdir(tmp_path) == []  # nothing left behind
+
+
+@pytest.mark.integration
+async def test_plain_export_is_unchanged(pool: asyncpg.Pool) -> None:
+    """Without --for-target: one header, the counted signatures' cells as they were (only
+    a leading formula character defused), no byte-order mark, no campaign facts."""
+    await seed(pool)
+    out = io.StringIO(newline="")
+    assert await export_csv(pool, CAMPAIGN.slug, out) == len(COUNTED) + 1
+    rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert rows == [
+        ["first_name", "last_name", "country", "signed_on"],
+        *(
+            [safe_cell(first), safe_cell(last), country, "2026-11-30"]
+            for first, last, country in [*COUNTED, ACCEPTED]
+        ),
+    ]
 
 
 @pytest.mark.integration
