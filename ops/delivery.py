@@ -72,7 +72,7 @@ class Delivery:
 
 async def confirmed_signers(conn: Conn, slug: str) -> AsyncIterator[Signer]:
     """The signatures of `slug` that count, oldest first: names, country, date signed
-    (UTC). The one place the delivery export reads names; call it inside a transaction."""
+    (UTC). The one place exports read names; call it inside a transaction."""
     cursor = conn.cursor(
         "SELECT first_name, last_name, country, submitted_at FROM signatures "
         "WHERE campaign = $1 AND counted ORDER BY id",
