@@ -4,7 +4,8 @@ The signatures that count (confirmed, not held by a flag nor invalidated): names
 country and the date signed; never an email or a postcode. Cells that a spreadsheet
 would read as a formula (starting with =, +, -, @, tab or carriage return)
 are prefixed with an apostrophe, as OWASP recommends against CSV injection, so a
-name like `=HYPERLINK(…)` arrives as text.
+name like `=HYPERLINK(…)` arrives as text. Names are read by `confirmed_signers`, the one
+place exports read them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 import asyncpg
+
+from ops.delivery import confirmed_signers
 
 COLUMNS = ("first_name", "last_name", "country", "signed_on")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -43,19 +46,13 @@ async def export_csv(
     writer.writerow(COLUMNS)
     written = 0
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-        cursor = conn.cursor(
-            "SELECT first_name, last_name, country, submitted_at FROM signatures "
-            "WHERE campaign = $1 AND counted ORDER BY id",
-            campaign,
-            prefetch=5_000,
-        )
-        async for row in cursor:
+        async for signer in confirmed_signers(conn, campaign):
             writer.writerow(
                 (
-                    safe_cell(row["first_name"]),
-                    safe_cell(row["last_name"]),
-                    row["country"],
-                    row["submitted_at"].date().isoformat(),
+                    safe_cell(signer.first_name),
+                    safe_cell(signer.last_name),
+                    signer.country,
+                    signer.signed_on.isoformat(),
                 )
             )
             written += 1
