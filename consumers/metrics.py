@@ -13,6 +13,12 @@ OUTCOMES = Counter(
     "What handled records became: inserted, duplicates, redelivered, dead_lettered, published",
     ["worker", "outcome"],
 )
+ERASED = Counter(
+    "signatures_erased_records",
+    "Records of forgotten people dropped by the persist workers (received before their "
+    "erasure: a replay, a redelivery, a dead letter replayed), by reason",
+    ["reason"],
+)
 DEAD_LETTERS = Counter(
     "signatures_dead_letters", "Records dead-lettered, by reason code", ["worker", "reason"]
 )
