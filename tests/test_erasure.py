@@ -157,6 +157,16 @@ async def test_forget_survives_a_full_replay_by_a_new_group(
     await drain(settings, WorkerKind.COUNT)
     assert await check(settings, pool, history) == []
 
+    # and the checker would see a resurrection: an erased submission stored again
+    back = others[0]["submission_id"]
+    await pool.execute(
+        "INSERT INTO erased_submissions (submission_id, campaign, reason) "
+        "VALUES ($1::uuid, $2, 'suppressed')",
+        back,
+        CAMPAIGN.slug,
+    )
+    assert f"erased {back} is stored again" in await check(settings, pool, history)
+
 
 @pytest.mark.integration
 async def test_forget_twice_changes_nothing_more_and_a_new_signature_counts(
