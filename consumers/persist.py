@@ -27,7 +27,7 @@ from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_rules
 from runtime.db import Conn
 from runtime.erasure import (
-    erasures_of,
+    Suppressions,
     lock_for_storing,
     receipt_time,
     record_suppressed,
@@ -64,6 +64,7 @@ class PersistHandler:
         self._max_record_bytes = max_record_bytes
         self._flag_rules = flag_rules  # None: flags off (trusted load)
         self._pruner = RatePruner()
+        self._suppressions = Suppressions()  # the forgotten people, kept up to date
 
     async def prepare(self, records: Sequence[Record]) -> Effects:
         """Decode every record and build its row; no effects, so it may run while the
@@ -94,7 +95,7 @@ class PersistHandler:
         rejected = list(rejected)
         async with self._pool.acquire() as conn, conn.transaction():
             await lock_for_storing(conn)  # an erasure waits for this batch, or it for one
-            valid, erased = await _without_erased(conn, valid)
+            valid, erased = await _without_erased(conn, valid, self._suppressions)
             rules = await campaign_rules(conn)
             statuses = {slug: status for slug, (status, _) in rules.items()}
             confirm = {slug for slug, (_, c) in rules.items() if c is Confirmation.REQUIRED}
@@ -167,13 +168,13 @@ class PersistHandler:
 
 
 async def _without_erased(
-    conn: Conn, valid: list[tuple[Record, StagingRow]]
+    conn: Conn, valid: list[tuple[Record, StagingRow]], suppressions: Suppressions
 ) -> tuple[list[tuple[Record, StagingRow]], list[tuple[UUID, str]]]:
     """The rows to store, and the submissions of forgotten people received before their
     erasure (runtime/erasure.py): those are recorded as erased, never stored nor
     dead-lettered, whatever their campaign's state."""
-    erasures = await erasures_of(conn, (row[2] for _, row in valid)) if valid else {}
-    if not erasures:
+    erasures = await suppressions.refresh(conn)
+    if not erasures or not valid:
         return valid, []
     kept: list[tuple[Record, StagingRow]] = []
     erased: list[tuple[UUID, str]] = []

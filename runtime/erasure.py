@@ -7,7 +7,8 @@ deletes their signatures with their confirmation tokens and queued emails, and m
 totals and breakdowns down by what those signatures counted, through `runtime.counts`
 (a new version only when a public number changed). Running it again removes nothing more.
 
-The persist workers consult the suppressions before storing a batch (`suppressed`): a
+The persist workers consult the suppressions before storing a batch (`Suppressions`,
+`suppressed`): a
 submission of a forgotten person received at or before the erasure is counted as erased
 and dropped, never stored and never dead-lettered with its personal data. Which time a
 record was received (`receipt_time`): `received_at`, stamped by the API; a record
@@ -22,7 +23,7 @@ its rows are deleted) or starts after it has committed (and sees the suppression
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -170,29 +171,54 @@ def suppressed(
     email_hash: bytes,
     campaign: str,
     received: datetime,
-    erasures: Mapping[bytes, Sequence[tuple[str | None, datetime]]],
+    erasures: Mapping[bytes, Mapping[str | None, datetime]],
 ) -> bool:
-    """Whether a submission belongs to an erasure: same person, that campaign or all, and
-    received (see `receipt_time`) no later than the erasure."""
+    """Whether a submission belongs to an erasure: same person, that campaign or all (None),
+    and received (see `receipt_time`) no later than the erasure."""
+    scopes = erasures.get(email_hash)
+    if not scopes:
+        return False
     return any(
         (scope is None or scope == campaign) and received <= erased_at
-        for scope, erased_at in erasures.get(email_hash, ())
+        for scope, erased_at in scopes.items()
     )
 
 
-_ERASURES_OF = """
-SELECT email_hash, campaign, erased_at FROM erasures WHERE email_hash = ANY($1::bytea[])
+# The erasures recorded since the last look, with the database's clock at this look. Read
+# under the workers' shared lock: an erasure not visible here had not taken its exclusive
+# lock yet, so its `erased_at` (read after that lock) is later than this clock.
+CLOCK_STEP_MARGIN = timedelta(minutes=1)
+
+_ERASURES_SINCE = """
+SELECT n.now, e.email_hash, e.campaign, e.erased_at
+FROM (SELECT clock_timestamp() AS now) n
+LEFT JOIN erasures e ON $1::timestamptz IS NULL OR e.erased_at >= $1::timestamptz
 """
 
 
-async def erasures_of(
-    conn: Conn, hashes: Iterable[bytes]
-) -> dict[bytes, list[tuple[str | None, datetime]]]:
-    """The erasures that concern any of these people (usually none)."""
-    found: dict[bytes, list[tuple[str | None, datetime]]] = {}
-    for row in await conn.fetch(_ERASURES_OF, list(set(hashes))):
-        found.setdefault(bytes(row["email_hash"]), []).append((row["campaign"], row["erased_at"]))
-    return found
+class Suppressions:
+    """A persist worker's copy of `erasures`, brought up to date at every batch.
+
+    Erasures are only ever added or moved later, so after the first batch each look reads
+    only what changed since the one before: one small query per batch, however many people
+    were forgotten, instead of sending every sender's hash to the database.
+    """
+
+    def __init__(self) -> None:
+        self._by_hash: dict[bytes, dict[str | None, datetime]] = {}
+        self._since: datetime | None = None
+
+    async def refresh(self, conn: Conn) -> Mapping[bytes, Mapping[str | None, datetime]]:
+        """Up to date for the caller's transaction, which holds `lock_for_storing`."""
+        rows = await conn.fetch(_ERASURES_SINCE, self._since)
+        for row in rows:
+            if row["email_hash"] is not None:
+                scopes = self._by_hash.setdefault(bytes(row["email_hash"]), {})
+                scopes[row["campaign"]] = row["erased_at"]
+        # a minute back: the next look reads the last minute's again, so that a step of the
+        # database's clock cannot hide an erasure; a few rows at most
+        self._since = rows[0]["now"] - CLOCK_STEP_MARGIN
+        return self._by_hash
 
 
 async def record_suppressed(conn: Conn, submissions: Sequence[tuple[UUID, str]]) -> None:

@@ -21,7 +21,7 @@ from runtime.erasure import Erasure, person_hash, receipt_time, suppressed
 from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from tests.conftest import SECRET
-from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, encode, produce, submission, wait_until
 from tests.invariants import History, Told, check
 
 REQ = REQUIRED_CAMPAIGN.slug
@@ -49,8 +49,8 @@ def test_receipt_time_is_the_apis_stamp_or_the_producers_time_less_the_skew() ->
 
 def test_suppressed_only_for_that_person_scope_and_earlier_receipt() -> None:
     person, other = b"p" * 32, b"o" * 32
-    everywhere = {person: [(None, T0)]}
-    one_campaign = {person: [("a", T0)]}
+    everywhere: dict[bytes, dict[str | None, datetime]] = {person: {None: T0}}
+    one_campaign: dict[bytes, dict[str | None, datetime]] = {person: {"a": T0}}
     assert suppressed(person, "a", T0, everywhere)  # at the erasure: before it
     assert suppressed(person, "b", T0 - timedelta(days=3), everywhere)
     assert not suppressed(person, "a", T0 + timedelta(microseconds=1), everywhere)
@@ -284,3 +284,35 @@ async def test_a_dead_letter_replayed_after_the_erasure_is_not_stored(
     assert await rows_of(pool, email) == 0
     assert len(await read_dead_letters(settings)) == 1
     assert await pool.fetchval("SELECT reason FROM erased_submissions") == "suppressed"
+
+
+@pytest.mark.integration
+async def test_a_running_worker_sees_an_erasure_made_while_it_runs(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await create_campaign(pool, CAMPAIGN)
+    email = "while.running@example.org"
+    mine = received_now(email=email)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(WorkerKind.PERSIST, settings, stop))
+    try:
+        await produce(settings, encode([mine]))
+        await wait_until(lambda: stored(pool, mine), timeout=60, interval=0.2)
+
+        await forget(settings, pool, email)
+        marker = received_now()
+        await produce(settings, encode([mine, marker]))  # redelivered, then someone else
+        await wait_until(lambda: stored(pool, marker), timeout=60, interval=0.2)
+    finally:
+        stop.set()
+        stats = await asyncio.wait_for(worker, 60)
+
+    assert stats.outcomes.get("erased") == 1
+    assert await rows_of(pool, email) == 0
+
+
+async def stored(pool: asyncpg.Pool, body: dict[str, Any]) -> bool:
+    found = await pool.fetchval(
+        "SELECT count(*) FROM signatures WHERE submission_id = $1::uuid", body["submission_id"]
+    )
+    return bool(found)

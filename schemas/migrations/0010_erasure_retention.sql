@@ -10,6 +10,9 @@ CREATE TABLE erasures (
     erased_at   timestamptz NOT NULL,
     CONSTRAINT erasures_once UNIQUE NULLS NOT DISTINCT (email_hash, campaign)
 );
+-- The persist workers keep a copy and read, at every batch, what changed since their last
+-- look (runtime/erasure.py, Suppressions).
+CREATE INDEX erasures_by_time ON erasures (erased_at);
 
 -- Submissions of forgotten people: the signatures deleted by an erasure, and the records
 -- the persist workers suppressed afterwards (a replay, a redelivery, a dead letter
