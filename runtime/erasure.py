@@ -8,9 +8,9 @@ totals and breakdowns down by what those signatures counted, through `runtime.co
 (a new version only when a public number changed). Running it again removes nothing more.
 
 The persist workers consult the suppressions before storing a batch (`Suppressions`,
-`suppressed`): a
-submission of a forgotten person received at or before the erasure is counted as erased
-and dropped, never stored and never dead-lettered with its personal data. Which time a
+`suppressed`): a submission of a forgotten person received at or before the erasure is
+counted as erased and dropped, never stored and never dead-lettered with its personal
+data. Which time a
 record was received (`receipt_time`): `received_at`, stamped by the API; a record
 produced straight into Kafka by a partner lacks it, and its `submitted_at` (the partner's
 clock) stands in, with the clock skew a submission may claim as a margin.
@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from uuid import UUID
 
 from consumers.validate import dedupe_key
@@ -36,11 +35,6 @@ from schemas.submission import CLOCK_SKEW, normalise_email
 
 # pg_advisory_xact_lock key shared by the persist workers (shared) and erasures (exclusive)
 ERASURE_LOCK = 0x5163_0010
-
-
-class Why(StrEnum):
-    FORGOTTEN = "forgotten"  # the person asked to be forgotten (all campaigns, or one)
-    NOT_ME = "not_me"  # "this wasn't me" on a confirmation page: that campaign only
 
 
 @dataclass(frozen=True, slots=True)
