@@ -52,7 +52,8 @@ TOTALS_DELAY = Histogram(
 EMAILS = Counter(
     "signatures_emails",
     "Confirmation emails by outcome: sent, retry (a transient failure), undeliverable, "
-    "gave_up, skipped (no longer pending, campaign closed, or the per-signature limit)",
+    "gave_up, skipped (no longer pending, campaign closed, or the per-signature limit); "
+    "forget_sent and forget_failed: the links answering a request to be forgotten",
     ["outcome"],
 )
 EMAILS_QUEUED = Counter(

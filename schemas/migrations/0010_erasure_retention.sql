@@ -30,3 +30,21 @@ CREATE TABLE erased_submissions (
 ALTER TABLE campaigns
     ADD COLUMN retain_days integer NOT NULL DEFAULT 180 CHECK (retain_days >= 0),
     ADD COLUMN anonymised_at timestamptz;
+
+-- A signer asking to be forgotten (POST /v1/erasure-requests). Every request is stored
+-- the same way whether or not the address signed anything, so the answer tells nobody.
+-- The mail worker then sends a one-time link to the address if it has signatures (else
+-- nothing), and clears the address either way; only the link's press erases.
+CREATE TABLE erasure_requests (
+    id            uuid PRIMARY KEY,
+    email_hash    bytea NOT NULL,
+    email         text,  -- until the mail worker has handled the request
+    language      text,
+    requested_at  timestamptz NOT NULL DEFAULT now(),
+    handled_at    timestamptz,
+    token_hash    bytea UNIQUE,  -- SHA-256 of the link's token, once one was sent
+    expires_at    timestamptz,
+    used_at       timestamptz
+);
+CREATE INDEX erasure_requests_due ON erasure_requests (requested_at) WHERE handled_at IS NULL;
+CREATE INDEX erasure_requests_by_person ON erasure_requests (email_hash, requested_at);
