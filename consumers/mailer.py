@@ -21,13 +21,14 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
 
 from consumers import metrics
 from consumers.emails import compose
+from consumers.erasure_mail import compose_forget
 from consumers.errors import TRANSIENT
 from consumers.outbox import (
     Claim,
@@ -40,6 +41,7 @@ from consumers.outbox import (
 )
 from consumers.smtp import Failure, SmtpSession, classify
 from runtime.db import Conn
+from runtime.erasure_requests import next_request
 from runtime.failpoints import failpoint
 from runtime.logs import get_logger
 from runtime.settings import Settings
@@ -91,6 +93,7 @@ class Mailer:
         self._stop = stop
         tasks = [asyncio.create_task(self._send_forever()) for _ in range(self._concurrency)]
         tasks.append(asyncio.create_task(self._remind_forever()))
+        tasks.append(asyncio.create_task(self._forget_requests_forever()))
         stopping = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -114,6 +117,8 @@ class Mailer:
         session = SmtpSession(self._settings)
         try:
             while await self.send_next(session) is Step.DONE:
+                pass
+            while await self.answer_forget_request(session):
                 pass
         finally:
             await session.close()
@@ -238,6 +243,41 @@ class Mailer:
                     log.info("reminders_queued", count=queued)
                     self.nudge()
             await self._sleep(interval)
+
+    async def answer_forget_request(self, session: SmtpSession) -> bool:
+        """Handle the oldest request to be forgotten; False if there was none."""
+        found, letter = await next_request(
+            self._pool, public_url=self._public_url, ttl=self._ttl, now=datetime.now(UTC)
+        )
+        if letter is None:
+            return found
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await session.send(compose_forget(letter, sender=self._sender))
+        except Exception as exc:  # noqa: BLE001 - its arguments can hold the address
+            await session.close()
+            metrics.EMAILS.labels("forget_failed").inc()
+            log.warning("forget_email_failed", error=classify(exc).error)
+        else:
+            metrics.EMAILS.labels("forget_sent").inc()
+            log.info("forget_email_sent")
+        return True
+
+    async def _forget_requests_forever(self) -> None:
+        """One sender of the links that let signers erase themselves."""
+        session = SmtpSession(self._settings)
+        try:
+            while not self._stop.is_set():
+                try:
+                    handled = await self.answer_forget_request(session)
+                except TRANSIENT as exc:
+                    log.warning("forget_requests_failed", error=type(exc).__name__)
+                    handled = False
+                if not handled:
+                    await session.close()
+                    await self._sleep(self._settings.mail_poll_s)
+        finally:
+            await session.close()
 
     async def _wait_for_work(self) -> None:
         if self._wake.is_set():  # queued since this sender last looked

@@ -13,6 +13,12 @@ OUTCOMES = Counter(
     "What handled records became: inserted, duplicates, redelivered, dead_lettered, published",
     ["worker", "outcome"],
 )
+ERASED = Counter(
+    "signatures_erased_records",
+    "Records of forgotten people dropped by the persist workers (received before their "
+    "erasure: a replay, a redelivery, a dead letter replayed), by reason",
+    ["reason"],
+)
 DEAD_LETTERS = Counter(
     "signatures_dead_letters", "Records dead-lettered, by reason code", ["worker", "reason"]
 )
@@ -46,7 +52,8 @@ TOTALS_DELAY = Histogram(
 EMAILS = Counter(
     "signatures_emails",
     "Confirmation emails by outcome: sent, retry (a transient failure), undeliverable, "
-    "gave_up, skipped (no longer pending, campaign closed, or the per-signature limit)",
+    "gave_up, skipped (no longer pending, campaign closed, or the per-signature limit); "
+    "forget_sent and forget_failed: the links answering a request to be forgotten",
     ["outcome"],
 )
 EMAILS_QUEUED = Counter(

@@ -25,13 +25,24 @@ from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_rules
+from runtime.db import Conn
+from runtime.erasure import (
+    Suppressions,
+    lock_for_storing,
+    receipt_time,
+    record_suppressed,
+    suppressed,
+)
 from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
+from runtime.logs import get_logger
 from runtime.partners import vouching_sources
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus, Confirmation
 from schemas.reasons import Reason
 from schemas.submission import Fields
+
+log = get_logger("consumers.persist")
 
 
 class PersistHandler:
@@ -53,6 +64,7 @@ class PersistHandler:
         self._max_record_bytes = max_record_bytes
         self._flag_rules = flag_rules  # None: flags off (trusted load)
         self._pruner = RatePruner()
+        self._suppressions = Suppressions()  # the forgotten people, kept up to date
 
     async def prepare(self, records: Sequence[Record]) -> Effects:
         """Decode every record and build its row; no effects, so it may run while the
@@ -82,6 +94,8 @@ class PersistHandler:
         started = time.perf_counter()
         rejected = list(rejected)
         async with self._pool.acquire() as conn, conn.transaction():
+            await lock_for_storing(conn)  # an erasure waits for this batch, or it for one
+            valid, erased = await _without_erased(conn, valid, self._suppressions)
             rules = await campaign_rules(conn)
             statuses = {slug: status for slug, (status, _) in rules.items()}
             confirm = {slug for slug, (_, c) in rules.items() if c is Confirmation.REQUIRED}
@@ -136,6 +150,7 @@ class PersistHandler:
             "duplicates": result.duplicates,
             "resends": result.resends,
             "dead_lettered": len(rejected),
+            **({"erased": len(erased)} if erased else {}),
             **{f"rejected_{reason}": n for reason, n in sorted(reasons.items())},
             **{f"flagged_{flag}": n for flag, n in sorted(result.flagged.items())},
         }
@@ -150,6 +165,28 @@ class PersistHandler:
             domain,
             None if self._flag_rules is None else first_flag(f[14], domain),
         )  # fmt: skip
+
+
+async def _without_erased(
+    conn: Conn, valid: list[tuple[Record, StagingRow]], suppressions: Suppressions
+) -> tuple[list[tuple[Record, StagingRow]], list[tuple[UUID, str]]]:
+    """The rows to store, and the submissions of forgotten people received before their
+    erasure (runtime/erasure.py): those are recorded as erased, never stored nor
+    dead-lettered, whatever their campaign's state."""
+    erasures = await suppressions.refresh(conn)
+    if not erasures or not valid:
+        return valid, []
+    kept: list[tuple[Record, StagingRow]] = []
+    erased: list[tuple[UUID, str]] = []
+    for record, row in valid:
+        if suppressed(row[2], row[1], receipt_time(row[12], row[11]), erasures):
+            erased.append((row[0], row[1]))
+        else:
+            kept.append((record, row))
+    await record_suppressed(conn, erased)
+    if erased:
+        log.info("erased_records_suppressed", records=len(erased))
+    return kept, erased
 
 
 _YIELD_EVERY = 500  # records decoded between turns of the event loop

@@ -282,7 +282,13 @@ class Runner:
             log.warning("commit_failed", error=type(exc).__name__)
 
 
-_OUTCOMES = ("inserted", "duplicates", "redelivered", "dead_lettered")  # published: count.py
+_OUTCOMES = (
+    "inserted",
+    "duplicates",
+    "redelivered",
+    "dead_lettered",
+    "erased",
+)  # published: count.py
 
 
 def _observe_batch(worker: str, records: int, seconds: float, outcome: Mapping[str, int]) -> None:
@@ -295,3 +301,6 @@ def _observe_batch(worker: str, records: int, seconds: float, outcome: Mapping[s
     for key, value in outcome.items():
         if key.startswith("rejected_") and value:
             metrics.DEAD_LETTERS.labels(worker, key.removeprefix("rejected_")).inc(value)
+    if outcome.get("erased"):
+        # the one reason so far: received before its sender's erasure (runtime/erasure.py)
+        metrics.ERASED.labels("received_before_erasure").inc(outcome["erased"])

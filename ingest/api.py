@@ -22,6 +22,7 @@ from ingest.confirm_pages import add_confirm_pages
 from ingest.docs import OPENAPI_URL, add_docs
 from ingest.edge import EdgeRejection
 from ingest.edge_facts import client_addresses, form_guard
+from ingest.erasure_pages import add_erasure_pages
 from ingest.live import TotalsHub
 from ingest.metrics import REQUEST_SECONDS, SUBMISSIONS
 from ingest.middleware import add_error_answers, harden
@@ -186,6 +187,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     add_pages(app, lambda: current().campaigns, lambda: hub, form_guard(settings).token)
     add_confirm_pages(app, lambda: current().pool)
+    add_erasure_pages(app, lambda: current().pool, settings)
 
     @app.get("/healthz", summary="Alive")
     async def healthz() -> dict[str, str]:

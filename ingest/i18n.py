@@ -57,6 +57,20 @@ MESSAGES: dict[str, dict[str, str]] = {
             "Controlla la tua casella di posta: ti inviamo un'email con il link per confermare"
             " la firma, che conta solo dopo la conferma."
         ),
+        "forget_title": "Cancella le tue firme",
+        "forget_intro": (
+            "Premendo il pulsante cancelliamo le firme fatte con il tuo indirizzo email e i"
+            " tuoi dati da tutte le petizioni. Non si può annullare."
+        ),
+        "forget_button": "Cancella le mie firme",
+        "forget.forgotten.title": "Abbiamo cancellato le tue firme",
+        "forget.forgotten.body": "Le tue firme e i tuoi dati non sono più conservati.",
+        "forget.already_used.title": "Questo link è già stato usato",
+        "forget.already_used.body": "Non c'è altro da fare qui.",
+        "forget.expired.title": "Questo link è scaduto",
+        "forget.expired.body": "Puoi chiedere un nuovo link.",
+        "forget.unknown.title": "Questo link non è valido",
+        "forget.unknown.body": "Controlla di aver copiato tutto il link dall'email.",
         "confirm_title": "Conferma la tua firma",
         "confirm_intro": (
             "Qualcuno ha firmato la petizione «{title}» con questo indirizzo email. Se la"
@@ -138,6 +152,20 @@ MESSAGES: dict[str, dict[str, str]] = {
             "Please check your inbox: we are sending you an email with a link to confirm your"
             " signature, which counts only once confirmed."
         ),
+        "forget_title": "Delete your signatures",
+        "forget_intro": (
+            "Pressing the button deletes the signatures made with your email address and"
+            " your details from every petition. It cannot be undone."
+        ),
+        "forget_button": "Delete my signatures",
+        "forget.forgotten.title": "We deleted your signatures",
+        "forget.forgotten.body": "Your signatures and your details are no longer kept.",
+        "forget.already_used.title": "This link has already been used",
+        "forget.already_used.body": "There is nothing more to do here.",
+        "forget.expired.title": "This link has expired",
+        "forget.expired.body": "You can ask for a new link.",
+        "forget.unknown.title": "This link is not valid",
+        "forget.unknown.body": "Check that you copied the whole link from the email.",
         "confirm_title": "Confirm your signature",
         "confirm_intro": (
             "Someone signed the petition “{title}” with this email address. If it was you,"

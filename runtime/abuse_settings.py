@@ -1,4 +1,5 @@
-"""The shapes of the abuse-resistance settings: rate limits, trusted proxies, flags.
+"""The shapes of the abuse-resistance settings (rate limits, trusted proxies, flags) and of
+durations (topic retention, the retention run's interval).
 
 They are plain strings in the environment (and round-trip through `settings_env` to child
 processes), checked at start like every other setting so that a typo stops the process
@@ -8,6 +9,7 @@ with the variable's name instead of switching a protection off.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated
 
 from limits import parse, parse_many
@@ -88,3 +90,27 @@ def networks(value: str) -> tuple[Network, ...]:
 def domains(value: str) -> frozenset[str]:
     """A checked `DomainsText` as a set."""
     return frozenset(part for part in value.split(",") if part)
+
+
+# Durations: a whole number and a unit, `7d`, `12h`, `30m`, `90s`, `500ms`, `2w`.
+_DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d|w)")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(value: str) -> int:
+    """Milliseconds of a duration such as `7d`; ValueError for anything else or zero."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None:
+        raise ValueError("not a duration such as 7d, 12h, 30m or 90s")
+    ms = int(match[1]) * _UNIT_MS[match[2]]
+    if ms <= 0:
+        raise ValueError("must be longer than zero")
+    return ms
+
+
+def _duration(value: str) -> str:
+    duration_ms(value)
+    return value.strip().lower()
+
+
+DurationText = Annotated[str, AfterValidator(_duration)]

@@ -32,14 +32,16 @@ async def create_campaign(pool: asyncpg.Pool, new: NewCampaign) -> Campaign:
     async with pool.acquire() as conn, conn.transaction():
         try:
             row = await conn.fetchrow(
-                """INSERT INTO campaigns (slug, title, target, goal, description, confirmation)
-                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
+                """INSERT INTO campaigns (slug, title, target, goal, description, confirmation,
+                                        retain_days)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
                 new.slug,
                 new.title,
                 new.target,
                 new.goal,
                 new.description,
                 new.confirmation.value,
+                new.retain_days,
             )
         except asyncpg.UniqueViolationError:
             raise CampaignExists(new.slug) from None
@@ -141,16 +143,18 @@ async def get_campaign(conn: Queryable, slug: str) -> Campaign | None:
 
 
 async def update_campaign(pool: asyncpg.Pool, slug: str, changes: CampaignChanges) -> Campaign:
-    """Change title, target, goal, description or confirmation; the totals version moves on
-    when the goal changes (a public number). A change of confirmation applies to signatures
-    stored from then on: those already pending still wait for their owners."""
+    """Change title, target, goal, description, confirmation or retention; the totals
+    version moves on when the goal changes (a public number). A change of confirmation
+    applies to signatures stored from then on: those already pending still wait for their
+    owners."""
     values = changes.model_dump(exclude_none=True, mode="json")
     async with pool.acquire() as conn, conn.transaction():
         before = await conn.fetchval("SELECT goal FROM campaigns WHERE slug = $1", slug)
         row = await conn.fetchrow(
             """UPDATE campaigns SET title = coalesce($2, title), target = coalesce($3, target),
                       goal = coalesce($4, goal), description = coalesce($5, description),
-                      confirmation = coalesce($6, confirmation)
+                      confirmation = coalesce($6, confirmation),
+                      retain_days = coalesce($7, retain_days)
                WHERE slug = $1 RETURNING *""",
             slug,
             values.get("title"),
@@ -158,6 +162,7 @@ async def update_campaign(pool: asyncpg.Pool, slug: str, changes: CampaignChange
             values.get("goal"),
             values.get("description"),
             values.get("confirmation"),
+            values.get("retain_days"),
         )
         if row is None:
             raise UnknownCampaign(slug)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from ops.erasure_commands import forget, retention_app
 from ops.review_commands import review_app
 from runtime.logs import configure_logging, get_logger
 from runtime.settings import ConfigError, Settings, load_settings
@@ -37,6 +38,8 @@ app.add_typer(dlq_app, name="dlq")
 partner_app = typer.Typer(help="Partner keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(partner_app, name="partner")
 app.add_typer(review_app, name="review")
+app.add_typer(retention_app, name="retention")
+app.command("forget")(forget)
 
 T = TypeVar("T")
 log = get_logger("runtime.cli")
@@ -50,6 +53,11 @@ ConfirmationOption = Annotated[
         "opt-in); off: it counts at once, for sources that confirmed people themselves"
     ),
 ]
+RETAIN_DAYS_HELP = (
+    "Days the signers' names, emails and postcodes are kept once the campaign is closed "
+    "(0: until the next `signatures retention run`); totals stay"
+)
+RetainDaysOption = Annotated[int, typer.Option(help=RETAIN_DAYS_HELP)]
 Port = Annotated[int | None, typer.Option(help="Port to listen on [SIGNATURES_API_PORT]")]
 
 
@@ -347,6 +355,7 @@ def campaign_create(
     goal: Annotated[int, typer.Option(help="Signature goal")],
     description: Annotated[str, typer.Option()] = "",
     confirmation: ConfirmationOption = "required",
+    retain_days: RetainDaysOption = 180,
 ) -> None:
     """Create an open campaign."""
     from runtime.campaigns import CampaignExists, create_campaign
@@ -354,7 +363,7 @@ def campaign_create(
 
     new = _validated(
         NewCampaign, slug=slug, title=title, target=target, goal=goal, description=description,
-        confirmation=confirmation,
+        confirmation=confirmation, retain_days=retain_days,
     )  # fmt: skip
     s = settings()
     try:
@@ -364,7 +373,7 @@ def campaign_create(
         raise typer.Exit(1) from None
     out.print(
         f"created campaign {created.slug} (goal {created.goal:,}, "
-        f"confirmation {created.confirmation})"
+        f"confirmation {created.confirmation}, retain {created.retain_days} days)"
     )
 
 
@@ -379,19 +388,20 @@ def campaign_update(
         str | None,
         typer.Option(help="required|off: whether new signatures wait for email confirmation"),
     ] = None,
+    retain_days: Annotated[int | None, typer.Option(help=RETAIN_DAYS_HELP)] = None,
 ) -> None:
-    """Change a campaign's title, target, goal, description or confirmation."""
+    """Change a campaign's title, target, goal, description, confirmation or retention."""
     from runtime.campaigns import update_campaign
     from schemas.campaign import CampaignChanges
 
     changes = _validated(
         CampaignChanges, title=title, target=target, goal=goal, description=description,
-        confirmation=confirmation,
+        confirmation=confirmation, retain_days=retain_days,
     )  # fmt: skip
     updated = _change_campaign(slug, lambda pool: update_campaign(pool, slug, changes))
     out.print(
         f"updated campaign {updated.slug}: {updated.title} (goal {updated.goal:,}, "
-        f"confirmation {updated.confirmation})"
+        f"confirmation {updated.confirmation}, retain {updated.retain_days} days)"
     )
 
 

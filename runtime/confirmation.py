@@ -2,9 +2,10 @@
 
 A token is `{campaign}.{32 random bytes, URL-safe}`; only its SHA-256 is stored, with the
 signature and campaign it is bound to and when it expires. Using one (the POST behind the
-page's button) confirms the signature or removes it ("this wasn't me") through the one
-state-change path, in one transaction, and spends every token of that signature. The
-answer comes only once that transaction has committed.
+page's button) confirms the signature through the one state-change path, or forgets it
+("this wasn't me") through the one erasure path (runtime/erasure.py), in one transaction,
+and spends (or, forgetting, deletes) every token of that signature. The answer comes only
+once that transaction has committed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from uuid import UUID
 import asyncpg
 
 from runtime.db import Conn
+from runtime.erasure import erase, lock_for_erasure
 from runtime.signature_states import change_state
 from schemas.campaign import SignatureState
 
@@ -134,6 +136,8 @@ async def use_token(pool: asyncpg.Pool, token: str, action: Action) -> tuple[Out
     if campaign is None:
         return Outcome.UNKNOWN, None
     async with pool.acquire() as conn, conn.transaction():
+        if action is Action.REMOVE:
+            await lock_for_erasure(conn)  # before any row: the erasure's lock order
         if await conn.fetchval(_LOCK_SIGNATURE, token_hash(token), campaign) is None:
             return Outcome.UNKNOWN, None
         # A new statement, so it reads what the holder of the lock before us committed.
@@ -151,19 +155,15 @@ async def use_token(pool: asyncpg.Pool, token: str, action: Action) -> tuple[Out
             )
             outcome = Outcome.CONFIRMED if change.changed else Outcome.ALREADY_USED
         else:
-            change = await change_state(
-                conn,
-                [submission_id],
-                SignatureState.REMOVED,
-                allowed_from={SignatureState.PENDING, SignatureState.UNDELIVERABLE},
-                clear_personal_data=True,
+            # "this wasn't me": the owner of the address did not sign this campaign. Its
+            # signature goes the way of every erasure (runtime/erasure.py): deleted with
+            # its tokens and emails, and suppressed for this campaign, so no replay brings
+            # it back; the owner may still sign for themselves.
+            email_hash = await conn.fetchval(
+                "SELECT email_hash FROM signatures WHERE submission_id = $1", submission_id
             )
-            outcome = Outcome.REMOVED if change.changed else Outcome.ALREADY_USED
-            await conn.execute(
-                """UPDATE mail_outbox SET outcome = 'skipped', finished_at = now()
-                   WHERE submission_id = $1 AND finished_at IS NULL""",
-                submission_id,
-            )
+            erased = await erase(conn, email_hash, campaign) if email_hash else None
+            outcome = Outcome.REMOVED if erased and erased.signatures else Outcome.ALREADY_USED
         await conn.execute(
             """UPDATE confirmation_tokens SET used_at = now()
                WHERE submission_id = $1 AND used_at IS NULL""",

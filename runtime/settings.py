@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runtime.abuse_settings import (
     COMMON_DOMAINS,
     DomainsText,
+    DurationText,
     NetworksText,
     RateLimitsText,
     RateWindowText,
@@ -123,6 +124,11 @@ class Settings(BaseSettings):
     flag_domain_rate: RateWindowText = "100/10minutes"  # per campaign and email domain
     flag_exempt_domains: DomainsText = COMMON_DOMAINS  # never flagged for their rate
     form_min_seconds: Annotated[float, Field(ge=0, le=600)] = 3.0  # the page's form, filled
+    # Signers' data (README "Signers' data"): how long the topics that carry personal data
+    # keep it (Kafka's retention.ms, set when the topics are created), and how often `up`
+    # anonymises the closed campaigns past their retention.
+    pii_topic_retention: DurationText = "7d"
+    retention_interval: DurationText = "1h"
 
     @field_validator("database_url")
     @classmethod

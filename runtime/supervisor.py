@@ -1,14 +1,15 @@
 """`signatures up`: everything on one machine, as child processes, stopped in order.
 
 Broker (embedded unless KAFKA_BOOTSTRAP_SERVERS is set), migrations, topics, then the API,
-the persist workers, the counter and the mail worker as separate processes (so they use
-both cores). Without SIGNATURES_SMTP_HOST the confirmation emails go to a local SMTP
-server that keeps them as `.eml` files in the state directory (`runtime.mailbox`), so the
-double opt-in works on one machine. Every child serves its /metrics on a port of its own
-(any free one, or SIGNATURES_METRICS_PORT and the ports after it, one per child) and logs
-it (`metrics_listening`). A child that dies is restarted. Ctrl-C stops the API
-first, then the workers (each drains its batch in flight), then the local mail server and
-the broker.
+the persist workers, the counter, the mail worker and the retention loop (anonymising
+closed campaigns past their retention, every SIGNATURES_RETENTION_INTERVAL) as separate
+processes (so they use both cores). Without SIGNATURES_SMTP_HOST the confirmation emails
+go to a local SMTP server that keeps them as `.eml` files in the state directory
+(`runtime.mailbox`), so the double opt-in works on one machine. Every child serves its
+/metrics on a port of its own (any free one, or SIGNATURES_METRICS_PORT and the ports
+after it, one per child) and logs it (`metrics_listening`). A child that dies is
+restarted. Ctrl-C stops the API first, then the workers (each drains its batch in
+flight), then the local mail server and the broker.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Stack:
         order += [c for c in self.children if c.name.startswith("persist")]
         order += [c for c in self.children if c.name == "counter"]
         order += [c for c in self.children if c.name == "mail"]
+        order += [c for c in self.children if c not in order]  # the retention loop
         for child in order:
             await _terminate(child, self.settings.shutdown_grace_s + 5)
         for watcher in self._watchers:
@@ -200,6 +202,8 @@ async def running_stack(
             await stack.spawn(f"persist-{n + 1}", "worker", "persist")
         await stack.spawn("counter", "worker", "count")
         await stack.spawn("mail", "worker", "mail")
+        # closed campaigns past their retention, every SIGNATURES_RETENTION_INTERVAL
+        await stack.spawn("retention", "retention", "run", "--repeat")
         await stack.wait_ready()
         yield stack
     finally:

@@ -1,4 +1,9 @@
-"""The topic set: names come from settings; partitions and retention are decided here."""
+"""The topic set: names come from settings; partitions and retention are decided here.
+
+The topics that carry personal data are created with an explicit `retention.ms`
+(SIGNATURES_PII_TOPIC_RETENTION); topics that exist already are left as they are (an
+operator changes theirs with the cluster's tools, e.g. `kafka-configs --alter`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from runtime.abuse_settings import duration_ms
 from runtime.settings import Settings
 
 
@@ -28,12 +34,23 @@ class Topics:
         )
 
 
+def pii_topic_configs(settings: Settings) -> dict[str, str]:
+    """The configs of the topics that carry personal data (the submissions, and the dead
+    letters that hold them): an explicit retention, SIGNATURES_PII_TOPIC_RETENTION, after
+    which the broker deletes them whatever the cluster's default."""
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(duration_ms(settings.pii_topic_retention)),
+    }
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     topics = Topics.from_settings(settings)
     n = settings.partitions
+    pii = pii_topic_configs(settings)
     return [
-        NewTopic(topics.submitted, n, 1),
-        NewTopic(topics.rejected, n, 1),
+        NewTopic(topics.submitted, n, 1, topic_configs=pii),
+        NewTopic(topics.rejected, n, 1, topic_configs=pii),
         NewTopic(topics.accepted, n, 1),
         # One partition: few keys (one per campaign), and every reader wants them all.
         NewTopic(topics.totals, 1, 1, topic_configs={"cleanup.policy": "compact"}),

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.submission import Slug
 
+DEFAULT_RETAIN_DAYS = 180
+MAX_RETAIN_DAYS = 3650
+
 
 class CampaignStatus(StrEnum):
     OPEN = "open"
@@ -44,12 +47,16 @@ class NewCampaign(BaseModel):
     goal: int = Field(gt=0, le=1_000_000_000)
     description: str = Field(default="", max_length=20_000)
     confirmation: Confirmation = Confirmation.REQUIRED
+    # days its signers' personal data is kept once it is closed (0: anonymised as soon as
+    # `signatures retention run` sees it closed); ops/retention.py
+    retain_days: int = Field(default=DEFAULT_RETAIN_DAYS, ge=0, le=MAX_RETAIN_DAYS)
 
 
 class Campaign(NewCampaign):
     status: CampaignStatus
     created_at: datetime
     closed_at: datetime | None = None
+    anonymised_at: datetime | None = None  # its signatures' personal data was cleared
 
 
 class CampaignChanges(BaseModel):
@@ -62,6 +69,7 @@ class CampaignChanges(BaseModel):
     goal: int | None = Field(default=None, gt=0, le=1_000_000_000)
     description: str | None = Field(default=None, max_length=20_000)
     confirmation: Confirmation | None = None
+    retain_days: int | None = Field(default=None, ge=0, le=MAX_RETAIN_DAYS)
 
 
 class NewCampaignUpdate(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -85,6 +85,9 @@ class Outcomes:
     # the rows that count in public, by the rows' own `counted` column: confirmed and not
     # held by a flag nor invalidated (schemas/migrations/0008_flags.sql)
     counted: set[str] = field(default_factory=set)
+    # submissions of forgotten people: deleted by an erasure, or suppressed afterwards
+    # (schemas/migrations/0010_erasure_retention.sql)
+    erased: set[str] = field(default_factory=set)
 
     @classmethod
     async def read(cls, settings: Settings, pool: asyncpg.Pool) -> Outcomes:
@@ -103,13 +106,19 @@ class Outcomes:
             sid = _submission_id(letter.value)
             if sid is not None:
                 dead_ids.add(sid)
-        return cls(rows, duplicates, dead, dead_ids, states, counted)
+        erased = {
+            str(r["submission_id"])
+            for r in await pool.fetch("SELECT submission_id FROM erased_submissions")
+        }
+        return cls(rows, duplicates, dead, dead_ids, states, counted, erased)
 
     def accounts_for(self, partition: int, offset: int, value: bytes | None) -> bool:
         if (partition, offset) in self.dead_letters:
             return True
         sid = _submission_id(value)
-        return sid is not None and (sid in self.rows or sid in self.duplicates)
+        return sid is not None and (
+            sid in self.rows or sid in self.duplicates or sid in self.erased
+        )
 
 
 def _submission_id(value: bytes | None) -> str | None:
@@ -148,8 +157,15 @@ async def lag(settings: Settings) -> dict[str, int]:
     return result
 
 
-def totals_problems(records: Sequence[bytes | None], counts: dict[str, int]) -> list[str]:
-    """The totals topic, in order: what readers see never goes backwards and ends exact."""
+def totals_problems(
+    records: Sequence[bytes | None],
+    counts: dict[str, int],
+    may_decrease: Collection[str] = frozenset(),
+) -> list[str]:
+    """The totals topic, in order: what readers see never goes backwards and ends exact.
+
+    In `may_decrease` (campaigns some of whose counted signatures were erased) a newer
+    version may count fewer."""
     problems = []
     by_version: dict[tuple[str, int], int] = {}
     highest: dict[str, CampaignTotals] = {}
@@ -164,7 +180,12 @@ def totals_problems(records: Sequence[bytes | None], counts: dict[str, int]) -> 
             )
         known = highest.get(totals.campaign)
         if known is None or totals.version > known.version:
-            if known is not None and totals.total < known.total and totals.status == known.status:
+            if (
+                known is not None
+                and totals.total < known.total
+                and totals.status == known.status
+                and totals.campaign not in may_decrease
+            ):
                 problems.append(f"{totals.campaign} went back from {known.total} to {totals.total}")
             highest[totals.campaign] = totals
     for campaign, count in counts.items():
@@ -258,7 +279,8 @@ async def check(
     for (campaign, _), sends in by_person.items():
         stored = [s for s in sends if s.submission_id in outcomes.rows]
         acked = [s for s in sends if s.told is Told.ACKNOWLEDGED]
-        if acked and not stored:
+        forgotten = [s for s in sends if s.submission_id in outcomes.erased]
+        if acked and not stored and not forgotten:
             problems.append(f"acknowledged {acked[0].submission_id} ({campaign}) is missing")
         # a signature its owner removed no longer stands for them: they may sign again
         standing = [s for s in stored if outcomes.states.get(s.submission_id) != "removed"]
@@ -271,8 +293,14 @@ async def check(
         f"dead-lettered {sid} was stored"
         for sid in outcomes.dead_lettered_ids & outcomes.rows.keys()
     )
+    # an erasure is for good: no replay, redelivery or dead letter brings a row back, and
+    # nothing of a forgotten person's is dead-lettered after it
+    problems.extend(
+        f"erased {sid} is stored again" for sid in outcomes.erased & outcomes.rows.keys()
+    )
 
-    # conservation: every consumed record ended as a row, a duplicate or a dead letter
+    # conservation: every consumed record ended as a row, a duplicate, a dead letter or
+    # erased (rows + duplicates + dead letters + erased = records)
     submitted = await read_to_end(settings, settings.topic_submitted, timeout=30)
     problems.extend(
         f"record {r.partition}/{r.offset} was dropped"
@@ -302,7 +330,13 @@ async def check(
         for sid in sorted(stored_ids - announced)
     )
     totals = await read_to_end(settings, settings.topic_totals, timeout=30)
-    problems.extend(totals_problems([r.value for r in totals], dict(counts)))
+    forgotten = {
+        r["campaign"]
+        for r in await pool.fetch(
+            "SELECT DISTINCT campaign FROM erased_submissions WHERE reason = 'erased'"
+        )
+    }
+    problems.extend(totals_problems([r.value for r in totals], dict(counts), forgotten))
 
     problems.extend(await uncovered_commits(settings, pool))
     problems.extend(f"group {g} has lag {n}" for g, n in (await lag(settings)).items() if n)

@@ -132,8 +132,10 @@ def test_up_serves_and_stops_cleanly_on_ctrl_c(database_url: str, tmp_path: Path
     assert "ready" in output
     # every process serves its /metrics on a port of its own, and says which
     listening = [json.loads(line) for line in output.splitlines() if "metrics_listening" in line]
-    assert {line["worker"] for line in listening} == {"api", "persist", "count", "mail"}
-    assert len({line["port"] for line in listening}) == len(listening) == 4
+    assert {line["worker"] for line in listening} == {
+        "api", "persist", "count", "mail", "retention",
+    }  # fmt: skip
+    assert len({line["port"] for line in listening}) == len(listening) == 5
     assert port not in {line["port"] for line in listening}
 
 
