@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,9 +26,11 @@ from consumers.runner import Effects, Record
 from consumers.store import StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_rules
+from runtime.db import Conn
 from runtime.failpoints import failpoint
 from runtime.kafka import OutgoingRecord, produce_many
 from runtime.partners import vouching_sources
+from runtime.pii import NONCE_BYTES, TAG_BYTES, DataKeys, serialise
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus, Confirmation
 from schemas.reasons import Reason
@@ -44,7 +47,10 @@ class PersistHandler:
         topics: Topics,
         secret: bytes,
         max_record_bytes: int,
+        keys: DataKeys,
         flag_rules: FlagRules | None = None,
+        *,
+        encrypt: bool = True,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -52,20 +58,24 @@ class PersistHandler:
         self._secret = secret
         self._max_record_bytes = max_record_bytes
         self._flag_rules = flag_rules  # None: flags off (trusted load)
+        self._keys = keys
+        # False only to measure what encryption costs (`signatures bench`): the record is
+        # stored as it is, in a blob of the same size that no key opens
+        self._encrypt = encrypt
         self._pruner = RatePruner()
 
     async def prepare(self, records: Sequence[Record]) -> Effects:
         """Decode every record and build its row; no effects, so it may run while the
         previous batch is being stored. Yields to the event loop now and then for that."""
         started = time.perf_counter()
-        valid: list[tuple[Record, StagingRow]] = []
+        valid: list[tuple[Record, StagingRow, bytes]] = []
         rejected: list[tuple[Record, Rejection]] = []
         for n, record in enumerate(records, 1):
             outcome = decode_fields(record.value, self._max_record_bytes)
             if isinstance(outcome, Rejection):
                 rejected.append((record, outcome))
             else:
-                valid.append((record, self._row(outcome)))
+                valid.append((record, self._row(outcome), serialise(*_PII(outcome))))
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         decode_ms = round((time.perf_counter() - started) * 1000)
@@ -73,7 +83,7 @@ class PersistHandler:
 
     async def _store(
         self,
-        valid: list[tuple[Record, StagingRow]],
+        valid: list[tuple[Record, StagingRow, bytes]],
         rejected: list[tuple[Record, Rejection]],
         decode_ms: int,
     ) -> Mapping[str, int]:
@@ -88,7 +98,8 @@ class PersistHandler:
             vouchers = await vouching_sources(conn) if confirm else []
             firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
             repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
-            for record, row in valid:
+            records: dict[UUID, bytes] = {}  # the personal data to encrypt, by submission id
+            for record, row, pii in valid:
                 status = statuses.get(row[1])
                 if status is None:
                     rejected.append(
@@ -100,9 +111,10 @@ class PersistHandler:
                     )
                 elif firsts.setdefault(row[0], (record, row))[1] is not row:
                     repeats.append((record, row))
-            result = await write_batch(
-                conn, [row for _, row in firsts.values()], confirm, vouchers, self._flag_rules
-            )
+                else:
+                    records[row[0]] = pii
+            rows = await self._sealed([row for _, row in firsts.values()], records, conn)
+            result = await write_batch(conn, rows, confirm, vouchers, self._flag_rules)
             rejected.extend(_reused(firsts, repeats, result.reused))
             failpoint("persist.before_db_commit")
         failpoint("persist.after_db_commit")
@@ -142,17 +154,50 @@ class PersistHandler:
 
     def _row(self, f: Fields) -> StagingRow:
         """The staging row: the submission's values with the dedupe key after the campaign,
-        the address hash as bytes, the email's domain and the flag known so far."""
+        the address hash as bytes, the email's domain and the flag known so far. The names,
+        email and postcode are not in it: their encrypted blob and its key take their place
+        once the batch's keys are known (`_sealed`)."""
         domain = email_domain(f[4])
         return (
-            f[0], f[1], dedupe_key(self._secret, f[4]), *f[2:13],
+            f[0], f[1], dedupe_key(self._secret, f[4]), 0, b"", f[5], *f[7:13],
             None if f[13] is None else bytes.fromhex(f[13]),
             domain,
             None if self._flag_rules is None else first_flag(f[14], domain),
         )  # fmt: skip
 
+    async def _sealed(
+        self, rows: list[StagingRow], records: dict[UUID, bytes], conn: Conn
+    ) -> list[StagingRow]:
+        """The rows with their personal data encrypted under their campaign's current data
+        key (one AES-GCM call per row; runtime/pii.py says why one, not one per field).
+
+        In the batch's transaction: the keys read stay locked against deletion until it
+        commits, and a campaign's first signature creates its key."""
+        by_campaign: dict[str, list[StagingRow]] = {}
+        for row in rows:
+            by_campaign.setdefault(row[1], []).append(row)
+        keys = await self._keys.current(conn, by_campaign)
+        sealed: list[StagingRow] = []
+        for campaign, group in by_campaign.items():
+            key = keys[campaign]  # every campaign here exists: unknown ones were rejected
+            items = [(records[row[0]], row[0]) for row in group]
+            blobs = key.seal_many(items, campaign) if self._encrypt else _unsealed(items)
+            sealed.extend(
+                (*row[:3], key.id, blob, *row[5:]) for row, blob in zip(group, blobs, strict=True)
+            )
+        return sealed
+
 
 _YIELD_EVERY = 500  # records decoded between turns of the event loop
+
+_PII = operator.itemgetter(2, 3, 4, 6)  # first_name, last_name, email, postcode of Fields
+
+
+def _unsealed(items: list[tuple[bytes, UUID]]) -> list[bytes]:
+    """For measurement only (`signatures bench`): a blob of the same size, not encrypted."""
+    nonce, tag = bytes(NONCE_BYTES), bytes(TAG_BYTES)
+    return [nonce + record + tag for record, _ in items]
+
 
 _REUSED = Rejection(Reason.SUBMISSION_ID_REUSED, "submission_id: submission_id_reused")
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from ops.key_commands import keys_app
 from ops.review_commands import review_app
 from runtime.logs import configure_logging, get_logger
 from runtime.settings import ConfigError, Settings, load_settings
@@ -37,6 +38,7 @@ app.add_typer(dlq_app, name="dlq")
 partner_app = typer.Typer(help="Partner keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(partner_app, name="partner")
 app.add_typer(review_app, name="review")
+app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
 log = get_logger("runtime.cli")
@@ -154,6 +156,8 @@ def worker(
         s.require_dedupe_secret()
     if kind is Worker.MAIL:
         s.require_mail()
+    if kind is not Worker.COUNT:
+        s.require_master_keys()  # names, email and postcode are stored encrypted
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -859,9 +863,11 @@ def export(
 ) -> None:
     """The campaign's signatures as CSV for its target: names, country, date; never emails."""
     from ops.export import count_signatures, export_csv
+    from runtime.pii import DataKeys
     from runtime.progress import progress_bar
 
     s = settings()
+    keys = DataKeys(s.require_master_keys())  # the names are stored encrypted
     console = Console(stderr=True)
 
     async def go(pool: asyncpg.Pool) -> int:
@@ -875,7 +881,7 @@ def export(
             with progress_bar(console) as bar:
                 task = bar.add_task(f"exporting {campaign}", total=total)
                 return await export_csv(
-                    pool, campaign, target, progress=lambda n: bar.advance(task, n)
+                    pool, campaign, target, keys, progress=lambda n: bar.advance(task, n)
                 )
 
     written = run(lambda: _with_pool(s, go))

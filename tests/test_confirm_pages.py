@@ -24,7 +24,7 @@ from runtime.confirmation import new_token
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import NewCampaign
-from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, decrypted, encode, produce, submission
 from tests.pipeline import serving_api
 
 pytestmark = pytest.mark.integration
@@ -78,11 +78,8 @@ async def token(pool: asyncpg.Pool, person: dict[str, Any], campaign: str = REQ)
 
 
 async def row(pool: asyncpg.Pool, person: dict[str, Any]) -> dict[str, Any]:
-    found = await pool.fetchrow(
-        "SELECT * FROM signatures WHERE submission_id = $1::uuid", person["submission_id"]
-    )
-    assert found is not None
-    return dict(found)
+    [found] = await decrypted(pool, "s.submission_id = $1::uuid", person["submission_id"])
+    return found
 
 
 async def totals(pool: asyncpg.Pool, campaign: str = REQ) -> tuple[int, int]:
@@ -317,7 +314,8 @@ async def test_this_wasnt_me_forgets_the_person_who_may_still_sign(
     assert_private_headers(removed)
     gone = await row(pool, person)
     assert gone["state"] == "removed"
-    assert (gone["first_name"], gone["last_name"], gone["email"]) == ("", "", "")
+    assert (gone["first_name"], gone["last_name"], gone["email"]) == (None, None, None)
+    assert gone["pii"] is None and gone["key_id"] is None
     assert gone["email_hash"] is None and gone["postcode"] is None
     assert await totals(pool) == before
 
