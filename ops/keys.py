@@ -287,6 +287,7 @@ async def reencrypt(
     *,
     start: Callable[[str, int], Progress] = lambda _c, _n: lambda _m: None,
     pause_s: float = 0.0,
+    batch: int = BATCH,
 ) -> Moved | None:
     """A new data key version for the campaign and every row moved to it; None if the
     campaign has never had a key (no row to move).
@@ -300,7 +301,7 @@ async def reencrypt(
     target = await current_key(pool, keys, campaign)
     if await rows_to_move(pool, campaign, target) == 0:
         target = await new_key_version(pool, keys, campaign)
-    return await _finish(pool, keys, campaign, target, start, pause_s)
+    return await _finish(pool, keys, campaign, target, start, pause_s, batch)
 
 
 async def encrypt_plaintext(
@@ -310,6 +311,7 @@ async def encrypt_plaintext(
     *,
     start: Callable[[str, int], Progress] = lambda _c, _n: lambda _m: None,
     pause_s: float = 0.0,
+    batch: int = BATCH,
 ) -> Moved | None:
     """Rows stored before encryption, encrypted under the campaign's current key (and
     any row under an old version moved to it); None if there was nothing to do."""
@@ -321,7 +323,7 @@ async def encrypt_plaintext(
     if not plaintext:
         return None
     target = await current_key(pool, keys, campaign)
-    return await _finish(pool, keys, campaign, target, start, pause_s)
+    return await _finish(pool, keys, campaign, target, start, pause_s, batch)
 
 
 async def _finish(
@@ -331,8 +333,37 @@ async def _finish(
     target: DataKey,
     start: Callable[[str, int], Progress],
     pause_s: float,
+    batch: int,
 ) -> Moved:
+    """Every row to `target`, then the old versions deleted; again while a persist worker
+    that took an old version as current just before the switch still wrote with it."""
     progress = start(campaign, await rows_to_move(pool, campaign, target))
-    moved = await move_rows(pool, keys, campaign, target, progress=progress, pause_s=pause_s)
-    deleted = await delete_unused_keys(pool, keys, campaign)
-    return Moved(campaign, target.version, moved, len(deleted))
+    moved, deleted = 0, 0
+    for _ in range(_ATTEMPTS):
+        moved += await move_rows(
+            pool, keys, campaign, target, progress=progress, pause_s=pause_s, batch=batch
+        )
+        deleted += len(await delete_unused_keys(pool, keys, campaign))
+        if not await _old_versions(pool, campaign):
+            return Moved(campaign, target.version, moved, deleted)
+        await asyncio.sleep(0.5)
+    raise OldVersionsInUse(
+        f"{campaign}: rows still under an old data key version after {_ATTEMPTS} passes; "
+        "run the command again"
+    )
+
+
+_ATTEMPTS = 20  # passes; a worker that took an old version as current needs one more
+
+
+class OldVersionsInUse(RuntimeError):
+    pass
+
+
+async def _old_versions(pool: asyncpg.Pool, campaign: str) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM data_keys WHERE campaign = $1 AND NOT current)",
+            campaign,
+        )
+    )
