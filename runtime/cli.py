@@ -266,7 +266,8 @@ def bench(
 
     The drains and the surge run on a campaign with confirmation off (the raw pipeline);
     one more drain measures a campaign that requires confirmation (every signature stored
-    pending), and the confirm rate what one API process sustains."""
+    pending), and the confirm rate what one API process sustains. One more drain, without
+    encryption at rest, measures what encryption costs."""
     from bench.run import BenchOptions, report, run_bench
     from runtime.progress import progress_bar
 
@@ -278,8 +279,8 @@ def bench(
     log_dir = s.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True)
-    # data, drain, pending drain, confirm rate, naive, COPY, surge, memory
-    steps = 8 if memory_count else 7
+    # data, drain, unencrypted drain, pending drain, confirm rate, naive, COPY, surge, memory
+    steps = 9 if memory_count else 8
 
     with progress_bar(err) as bar:
         task = bar.add_task("bench", total=steps)
