@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import operator
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.deadletters import dead_letter
 from consumers.flags import FLAGS, FlagRules, RatePruner, email_domain, first_flag
 from consumers.runner import Effects, Record
-from consumers.store import StagingRow, StoredSignature, write_batch
+from consumers.store import PlainRow, StagingRow, StoredSignature, write_batch
 from consumers.validate import Rejection, decode_fields, dedupe_key
 from runtime.campaigns import campaign_rules
 from runtime.db import Conn
@@ -68,7 +69,7 @@ class PersistHandler:
         """Decode every record and build its row; no effects, so it may run while the
         previous batch is being stored. Yields to the event loop now and then for that."""
         started = time.perf_counter()
-        valid: list[tuple[Record, StagingRow, bytes]] = []
+        valid: list[tuple[Record, PlainRow, bytes]] = []
         rejected: list[tuple[Record, Rejection]] = []
         for n, record in enumerate(records, 1):
             outcome = decode_fields(record.value, self._max_record_bytes)
@@ -83,7 +84,7 @@ class PersistHandler:
 
     async def _store(
         self,
-        valid: list[tuple[Record, StagingRow, bytes]],
+        valid: list[tuple[Record, PlainRow, bytes]],
         rejected: list[tuple[Record, Rejection]],
         decode_ms: int,
     ) -> Mapping[str, int]:
@@ -96,8 +97,8 @@ class PersistHandler:
             statuses = {slug: status for slug, (status, _) in rules.items()}
             confirm = {slug for slug, (_, c) in rules.items() if c is Confirmation.REQUIRED}
             vouchers = await vouching_sources(conn) if confirm else []
-            firsts: dict[UUID, tuple[Record, StagingRow]] = {}  # by submission id
-            repeats: list[tuple[Record, StagingRow]] = []  # an id again in this batch
+            firsts: dict[UUID, tuple[Record, PlainRow]] = {}  # by submission id
+            repeats: list[tuple[Record, PlainRow]] = []  # an id again in this batch
             records: dict[UUID, bytes] = {}  # the personal data to encrypt, by submission id
             for record, row, pii in valid:
                 status = statuses.get(row[1])
@@ -152,39 +153,43 @@ class PersistHandler:
             **{f"flagged_{flag}": n for flag, n in sorted(result.flagged.items())},
         }
 
-    def _row(self, f: Fields) -> StagingRow:
-        """The staging row: the submission's values with the dedupe key after the campaign,
-        the address hash as bytes, the email's domain and the flag known so far. The names,
-        email and postcode are not in it: their encrypted blob and its key take their place
-        once the batch's keys are known (`_sealed`)."""
+    def _row(self, f: Fields) -> PlainRow:
+        """The row: the submission's values with the dedupe key after the campaign, the
+        address hash as bytes, the email's domain and the flag known so far. The names,
+        email and postcode are not in it: their key and encrypted blob are appended once
+        the batch's keys are known (`_sealed`)."""
         domain = email_domain(f[4])
         return (
-            f[0], f[1], dedupe_key(self._secret, f[4]), 0, b"", f[5], *f[7:13],
+            f[0], f[1], dedupe_key(self._secret, f[4]), f[5], *f[7:13],
             None if f[13] is None else bytes.fromhex(f[13]),
             domain,
             None if self._flag_rules is None else first_flag(f[14], domain),
         )  # fmt: skip
 
     async def _sealed(
-        self, rows: list[StagingRow], records: dict[UUID, bytes], conn: Conn
+        self, rows: list[PlainRow], records: dict[UUID, bytes], conn: Conn
     ) -> list[StagingRow]:
         """The rows with their personal data encrypted under their campaign's current data
-        key (one AES-GCM call per row; runtime/pii.py says why one, not one per field).
+        key: one AES-GCM call per row (runtime/pii.py says why one, not one per field),
+        in one loop that builds the stored row (about 2 µs a row, measured here).
 
         In the batch's transaction: the keys read stay locked against deletion until it
         commits, and a campaign's first signature creates its key."""
-        by_campaign: dict[str, list[StagingRow]] = {}
+        by_campaign: dict[str, list[PlainRow]] = {}
         for row in rows:
             by_campaign.setdefault(row[1], []).append(row)
         keys = await self._keys.current(conn, by_campaign)
         sealed: list[StagingRow] = []
+        append = sealed.append
         for campaign, group in by_campaign.items():
             key = keys[campaign]  # every campaign here exists: unknown ones were rejected
-            items = [(records[row[0]], row[0]) for row in group]
-            blobs = key.seal_many(items, campaign) if self._encrypt else _unsealed(items)
-            sealed.extend(
-                (*row[:3], key.id, blob, *row[5:]) for row, blob in zip(group, blobs, strict=True)
-            )
+            key_id, suffix = key.id, campaign.encode()
+            nonces = os.urandom(NONCE_BYTES * len(group))
+            encrypt = key.encryptor if self._encrypt else _unencrypted
+            for i, row in enumerate(group):
+                nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+                record = records[row[0]]
+                append((*row, key_id, nonce + encrypt(nonce, record, row[0].bytes + suffix)))
         return sealed
 
 
@@ -193,18 +198,20 @@ _YIELD_EVERY = 500  # records decoded between turns of the event loop
 _PII = operator.itemgetter(2, 3, 4, 6)  # first_name, last_name, email, postcode of Fields
 
 
-def _unsealed(items: list[tuple[bytes, UUID]]) -> list[bytes]:
-    """For measurement only (`signatures bench`): a blob of the same size, not encrypted."""
-    nonce, tag = bytes(NONCE_BYTES), bytes(TAG_BYTES)
-    return [nonce + record + tag for record, _ in items]
+def _unencrypted(_nonce: bytes, record: bytes, _aad: bytes) -> bytes:
+    """For measurement only (`signatures bench`): the record as it is, with room for a tag:
+    a blob of the same size, not encrypted, that no key opens."""
+    return record + _NO_TAG
 
+
+_NO_TAG = bytes(TAG_BYTES)
 
 _REUSED = Rejection(Reason.SUBMISSION_ID_REUSED, "submission_id: submission_id_reused")
 
 
 def _reused(
-    firsts: dict[UUID, tuple[Record, StagingRow]],
-    repeats: list[tuple[Record, StagingRow]],
+    firsts: dict[UUID, tuple[Record, PlainRow]],
+    repeats: list[tuple[Record, PlainRow]],
     stored_elsewhere: dict[UUID, tuple[str, bytes]],
 ) -> list[tuple[Record, Rejection]]:
     """The records whose submission id belongs to another signer or campaign.

@@ -30,8 +30,6 @@ STAGING_COLUMNS = (
     "submission_id",
     "campaign",
     "email_hash",
-    "key_id",
-    "pii",
     "country",
     "consent",
     "language",
@@ -42,14 +40,15 @@ STAGING_COLUMNS = (
     "client_hash",
     "email_domain",
     "flag",
+    "key_id",
+    "pii",
 )
 
-StagingRow = tuple[
+# A row as decoded, before its personal data is encrypted (consumers/persist.py)
+PlainRow = tuple[
     UUID,
     str,
     bytes,
-    int,  # key_id: the campaign's data key that encrypted pii
-    bytes,  # pii: names, email and postcode, encrypted (runtime/pii.py)
     str,  # country
     bool,
     str | None,
@@ -60,6 +59,24 @@ StagingRow = tuple[
     bytes | None,  # client_hash
     str,  # email_domain
     str | None,  # flag, as far as it is known before the batch's rates are counted
+]
+# ... and as stored: the names, email and postcode only as one encrypted blob, last
+StagingRow = tuple[
+    UUID,
+    str,
+    bytes,
+    str,
+    bool,
+    str | None,
+    str,
+    datetime,
+    datetime | None,
+    str | None,
+    bytes | None,
+    str,
+    str | None,
+    int,  # key_id: the campaign's data key that encrypted pii
+    bytes,  # pii: names, email and postcode, encrypted (runtime/pii.py)
 ]
 
 
@@ -178,7 +195,7 @@ async def write_batch(
         row = by_id[submission_id]
         result.inserted.append(
             StoredSignature(
-                signature_id, submission_id, row[1], row[5], row[8], row[9], state, counted
+                signature_id, submission_id, row[1], row[3], row[6], row[7], state, counted
             )
         )
     if rules is not None and result.inserted:
@@ -202,7 +219,7 @@ async def write_batch(
             _RECORD_DUPLICATES,
             [row[0] for row in dupes],
             [row[1] for row in dupes],
-            [row[8] for row in dupes],
+            [row[6] for row in dupes],
         )
         new_duplicates.update(row["campaign"] for row in recorded)
         result.duplicates = len(dupes)
@@ -255,11 +272,11 @@ async def _flag(
     new = []
     for s in result.inserted:
         row = by_id[s.submission_id]
-        if row[14] is not None:
-            result.flagged[row[14]] += 1
+        if row[12] is not None:
+            result.flagged[row[12]] += 1
         new.append(
-            NewSignature(s.submission_id, s.campaign, row[10] or row[9], row[11], row[13],
-                         row[14] is not None)
+            NewSignature(s.submission_id, s.campaign, row[8] or row[7], row[9], row[11],
+                         row[12] is not None)
         )  # fmt: skip
     flagged = await flag_rates(conn, rules, new)
     if not flagged:
