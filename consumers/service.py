@@ -28,7 +28,7 @@ from consumers.runner import BatchHandler, Runner, RunnerStats
 from runtime.db import check_dedupe_key, create_pool
 from runtime.kafka import make_consumer, make_producer
 from runtime.logs import get_logger
-from runtime.pii import DataKeys
+from runtime.pii import DataKeys, check_master_key
 from runtime.settings import Settings
 from runtime.topics import Topics
 
@@ -85,10 +85,12 @@ async def run_worker(
     try:
         await producer.start()
         if kind is WorkerKind.PERSIST:
-            handler = await _persist_handler(settings, pool, producer, topics, _needed(keys))
+            handler = await _persist_handler(
+                settings, pool, producer, topics, await _checked(pool, keys)
+            )
             group, topic = settings.persist_group, topics.submitted
         elif kind is WorkerKind.MAIL:
-            mailer = Mailer(pool, settings, _needed(keys), mail_retry)
+            mailer = Mailer(pool, settings, await _checked(pool, keys), mail_retry)
             handler = MailHandler(pool, producer, topics, on_queued=mailer.nudge)
             group, topic = settings.mail_group, topics.accepted
             if not drain:
@@ -156,9 +158,11 @@ async def _persist_handler(
     )  # fmt: skip
 
 
-def _needed(keys: DataKeys | None) -> DataKeys:
+async def _checked(pool: asyncpg.Pool, keys: DataKeys | None) -> DataKeys:
+    """The data keys, once the master key is known to open the stored ones."""
     if keys is None:
         raise RuntimeError("this worker needs the data keys")
+    await check_master_key(pool, keys.keyring)
     return keys
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from ops.key_commands import keys_app
 from ops.review_commands import review_app
 from runtime.logs import configure_logging, get_logger
+from runtime.pii import KeyProblem
 from runtime.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -913,6 +914,9 @@ def main() -> None:
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"configuration error: {line}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    except KeyProblem as exc:  # a wrong master key, a data key missing: never personal data
+        print(f"key error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
     except OSError as exc:
         if exc.errno == 111:  # connection refused: say which service

@@ -295,3 +295,21 @@ async def reveal(conn: Conn, keys: DataKeys, rows: Sequence[asyncpg.Record]) -> 
         else:
             out.append(None)
     return out
+
+
+async def check_master_key(conn: Conn | asyncpg.Pool, keyring: Keyring) -> None:
+    """Refuse to start with a master key that did not wrap the stored data keys: every
+    row would stay unreadable (KeyProblem, naming the variable and the fingerprints)."""
+    known = {keyring.fingerprint}
+    if keyring.previous is not None:
+        known.add(fingerprint(keyring.previous))
+    stored = {r["master_fingerprint"] for r in await conn.fetch(_FINGERPRINTS)}
+    if stored - known:
+        raise KeyProblem(
+            f"SIGNATURES_MASTER_KEY: data keys in this database were wrapped by master key "
+            f"{', '.join(sorted(stored - known))}, not by this one ({keyring.fingerprint}); "
+            "during a rotation, set SIGNATURES_PREVIOUS_MASTER_KEY too"
+        )
+
+
+_FINGERPRINTS = "SELECT DISTINCT master_fingerprint FROM data_keys"

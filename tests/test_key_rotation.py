@@ -156,6 +156,10 @@ async def test_master_key_rotation_rewraps_every_data_key(
     with pytest.raises(KeyProblem):
         await decrypted_with(pool, MASTER_KEY)
 
+    # a worker still on the old key alone refuses to start, naming the variable
+    with pytest.raises(KeyProblem, match=r"^SIGNATURES_MASTER_KEY: data keys in this database"):
+        await drain(settings)
+
     # a worker on the new key, without the previous one, stores and its rows read back
     later = settings.model_copy(update={"master_key": SecretStr(new)})
     await produce(settings, encode(people(5)))
