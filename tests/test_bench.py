@@ -19,6 +19,7 @@ KEYS = {
 }  # fmt: skip
 
 
+@pytest.mark.timeout(600)  # nine small measurements, each with its own group joins
 def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
     env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
