@@ -20,6 +20,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.data import CAMPAIGN, DataSet, prepare, produce_backlog
+from consumers.service import MEASURE_WITHOUT_ENCRYPTION
 from runtime.campaigns import counted_rows
 from runtime.db import create_pool
 from runtime.kafka import make_consumer, read_to_end
@@ -102,9 +103,12 @@ async def _group_stable(settings: Settings, members: int) -> bool:
         await admin.close()
 
 
-async def start_workers(settings: Settings, workers: int, log_dir: Path) -> list[Process]:
+async def start_workers(
+    settings: Settings, workers: int, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> list[Process]:
     """`workers` persist processes and one counter, as an operator would run them."""
     env = {**os.environ, **settings_env(settings), "SIGNATURES_LOG_FORMAT": "json"}
+    env.update(extra_env or {})
     processes = []
     for n, kind in enumerate(["persist"] * workers + ["count"]):
         with (log_dir / f"bench-{kind}-{n}.log").open("ab") as log:
@@ -168,11 +172,15 @@ async def run_drain(
     log_dir: Path,
     timeout: float = 600,
     confirmation: Confirmation = Confirmation.OFF,
+    encrypted: bool = True,
 ) -> DrainResult:
     """Steady state starts at the first batch committed once every worker is in the group.
 
     On a campaign whose confirmation is `required`, every new signature is stored pending
     (and counts nowhere until confirmed): the published total stays 0, which it must.
+    Not `encrypted` (to measure what encryption costs, nothing else): the persist workers
+    store the names, email and postcode in blobs of the same size, not encrypted
+    (consumers/service.py MEASURE_WITHOUT_ENCRYPTION); the database is dropped after.
     """
     await prepare(settings, confirmation)
     ends = await produce_backlog(settings, data)
@@ -180,7 +188,8 @@ async def run_drain(
     tps = [TopicPartition(settings.topic_submitted, p) for p in sorted(ends)]
     launched = time.perf_counter()
     deadline = launched + timeout
-    processes = await start_workers(settings, workers, log_dir)
+    extra = None if encrypted else {MEASURE_WITHOUT_ENCRYPTION: "1"}
+    processes = await start_workers(settings, workers, log_dir, extra)
     pids = [p.pid for p in processes[:workers]]
     counter_pid = processes[-1].pid
     watcher = make_consumer(settings, settings.persist_group)

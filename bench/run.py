@@ -63,6 +63,11 @@ async def run_bench(
         drain = await _measure(
             s, "drain", run_drain, data.head(options.count), options.workers, log_dir
         )
+        say(f"backlog drain without encryption (its cost, measured): {options.count:,}")
+        plain = await _measure(
+            s, "unencrypted", run_drain, data.head(options.count), options.workers, log_dir,
+            600, Confirmation.OFF, False,
+        )  # fmt: skip
         say(f"backlog drain on a campaign that requires confirmation: {options.count:,}")
         pending = await _measure(
             s, "pending", run_drain, data.head(options.count), options.workers, log_dir,
@@ -87,11 +92,17 @@ async def run_bench(
                key=lambda w: w.requests_per_s, default=None)  # fmt: skip
     totals_match = (
         drain.totals_match
+        and plain.totals_match
         and pending.totals_match
         and confirm.totals_match
         and (memory is None or memory.totals_match)
     )
-    conserved = drain.conserved and pending.conserved and (memory is None or memory.conserved)
+    conserved = (
+        drain.conserved
+        and plain.conserved
+        and pending.conserved
+        and (memory is None or memory.conserved)
+    )
     return {
         "machine": {"cpus": _cpus(), "python": platform.python_version()},
         "count": drain.count,
@@ -114,6 +125,16 @@ async def run_bench(
             "confirm_per_s": round(confirm.per_s),
             "confirm_errors": confirm.errors,
             "confirm_latency_ms": _round(confirm.latency_ms),
+        },
+        # the drains above store names, email and postcode encrypted (AES-GCM, runtime/pii.py);
+        # the same drain without encryption, same run, as a ratio to the same naive baseline
+        "encryption": {
+            "unencrypted_drain_per_s": round(plain.steady_per_s),
+            "unencrypted_speedup_vs_naive": round(plain.steady_per_s / naive.per_s, 1),
+            "encrypted_speedup_vs_naive": round(drain.steady_per_s / naive.per_s, 1),
+            "encrypted_vs_unencrypted": round(drain.steady_per_s / plain.steady_per_s, 3),
+            "within_15_percent": drain.steady_per_s >= 0.85 * plain.steady_per_s,
+            "cpu_seconds_steady_unencrypted": plain.cpu_seconds,
         },
         "copy_limit_per_s": round(limit.per_s),
         "fraction_of_limit": round(drain.steady_per_s / limit.per_s, 3),
@@ -165,6 +186,7 @@ def report(figures: dict[str, Any], console: Console) -> None:
     table.add_column("figure", justify="right", no_wrap=True)
     surge = figures["surge"]
     c = figures["confirmation"]
+    e = figures["encryption"]
     best = figures["api_max"]["best_under_100ms_p99_per_s"] or 0
 
     def ms(values: dict[str, float]) -> str:
@@ -180,6 +202,13 @@ def report(figures: dict[str, Any], console: Console) -> None:
         ("first commit after launch", f"{figures['first_commit_after_launch_s']} s"),
         ("naive baseline", f"{figures['naive_throughput_per_s']:,}/s"),
         ("speed-up vs naive", f"{figures['speedup_vs_naive']}×"),
+        (
+            "drain without encryption (its cost)",
+            f"{e['unencrypted_drain_per_s']:,}/s ({e['unencrypted_speedup_vs_naive']}× naive; "
+            f"encrypted {e['encrypted_speedup_vs_naive']}× naive, "
+            f"{e['encrypted_vs_unencrypted']:.0%} of it"
+            f"{'' if e['within_15_percent'] else ', MORE THAN 15 % LOST'})",
+        ),
         (
             "drain, confirmation required (pending)",
             f"{c['pending_drain_per_s']:,}/s ({c['pending_vs_off']:.0%} of off, "

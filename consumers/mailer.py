@@ -44,6 +44,7 @@ from runtime.db import Conn
 from runtime.erasure_requests import next_request
 from runtime.failpoints import failpoint
 from runtime.logs import get_logger
+from runtime.pii import DataKeys
 from runtime.settings import Settings
 
 log = get_logger("consumers.mailer")
@@ -71,10 +72,15 @@ class Step(enum.Enum):
 
 class Mailer:
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, retry: RetryPolicy | None = None
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        keys: DataKeys,
+        retry: RetryPolicy | None = None,
     ) -> None:
         _, self._sender, self._public_url = settings.require_mail()
         self._pool = pool
+        self._keys = keys  # the recipient's address is stored encrypted
         self._settings = settings
         self._retry = retry or RetryPolicy()
         self._deadline_s = 3 * settings.smtp_timeout_s  # connect and every command, at most
@@ -145,7 +151,7 @@ class Mailer:
         """Claim one due email, send it and record the outcome."""
         async with self._pool.acquire() as conn:
             claimed = await claim(
-                conn, lease=self._lease, ttl=self._ttl, public_url=self._public_url
+                conn, self._keys, lease=self._lease, ttl=self._ttl, public_url=self._public_url
             )
         if claimed is None:
             return Step.IDLE

@@ -22,6 +22,7 @@ from uuid import UUID
 from consumers.emails import Letter
 from runtime.confirmation import new_token
 from runtime.db import Conn
+from runtime.pii import DataKeys, reveal
 from runtime.signature_states import change_state
 from schemas.campaign import SignatureState
 
@@ -30,7 +31,8 @@ SIBLING_WAIT = timedelta(seconds=5)  # a row waits this long while its signature
 
 _CLAIM = """
 SELECT o.prompted_by, o.kind, o.submission_id, o.campaign, o.attempts,
-       s.state, s.emails_sent, s.email, s.language, c.status, c.title, c.target
+       s.state, s.emails_sent, s.language, c.status, c.title, c.target,
+       s.key_id, s.pii, s.first_name, s.last_name, s.email, s.postcode
 FROM mail_outbox o
 JOIN signatures s ON s.submission_id = o.submission_id
 JOIN campaigns c ON c.slug = o.campaign
@@ -117,15 +119,20 @@ class NotSent:
 
 
 async def claim(
-    conn: Conn, *, lease: timedelta, ttl: timedelta, public_url: str
+    conn: Conn, keys: DataKeys, *, lease: timedelta, ttl: timedelta, public_url: str
 ) -> Claim | NotSent | None:
-    """The next due email, leased, with its token committed; None when nothing is due."""
+    """The next due email, leased, with its token committed; None when nothing is due.
+
+    The address is decrypted here, in memory, only for a row that will be sent."""
     async with conn.transaction():
         row = await conn.fetchrow(_CLAIM)
         if row is None:
             return None
         key = (row["prompted_by"], row["kind"])
         skip = _skip(row["state"], row["status"], row["emails_sent"])
+        [pii] = await reveal(conn, keys, [row]) if skip is None else [None]
+        if skip is None and pii is None:
+            skip = Skip.NOT_PENDING  # its personal data was cleared: nobody to write to
         if skip is not None:
             await conn.execute(_FINISH, *key, "skipped", None)
             return NotSent(row["submission_id"], skip)
@@ -135,9 +142,11 @@ async def claim(
         await conn.execute(_LEASE, *key, lease)
         now = datetime.now(UTC)
         token = await new_token(conn, row["submission_id"], row["campaign"], now=now, ttl=ttl)
+    if pii is None:  # not reached: a row without personal data is skipped above
+        raise RuntimeError("no address to send to")
     letter = Letter(
         kind=row["kind"],
-        to=row["email"],
+        to=pii.email,
         language=row["language"],
         title=row["title"],
         target=row["target"],

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from enum import StrEnum
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
 
 from consumers.count import CountHandler
 from consumers.flags import FlagRules
@@ -24,10 +28,17 @@ from consumers.runner import BatchHandler, Runner, RunnerStats
 from runtime.db import check_dedupe_key, create_pool
 from runtime.kafka import make_consumer, make_producer
 from runtime.logs import get_logger
+from runtime.pii import DataKeys, check_master_key
 from runtime.settings import Settings
 from runtime.topics import Topics
 
 log = get_logger("consumers.service")
+
+# For `signatures bench` only, to measure what encryption costs in the same run: a persist
+# worker started with this variable set to 1 stores names, email and postcode in blobs of
+# the same size that are NOT encrypted (and that nothing can read back). Never set it
+# anywhere else; it is not a setting, and a worker that honours it logs a warning.
+MEASURE_WITHOUT_ENCRYPTION = "SIGNATURES_MEASURE_WITHOUT_ENCRYPTION"
 
 
 class WorkerKind(StrEnum):
@@ -60,6 +71,9 @@ async def run_worker(
 ) -> RunnerStats:
     if kind is WorkerKind.MAIL:
         settings.require_mail()  # a clear error before connecting to anything
+    # the persist worker encrypts names, email and postcode; the mail worker decrypts the
+    # address it sends to. The counter never sees them.
+    keys = DataKeys(settings.require_master_keys()) if kind is not WorkerKind.COUNT else None
     topics = Topics.from_settings(settings)
     # the mail worker's senders each hold a connection while they claim and record
     senders = settings.mail_concurrency if kind is WorkerKind.MAIL else 0
@@ -71,15 +85,12 @@ async def run_worker(
     try:
         await producer.start()
         if kind is WorkerKind.PERSIST:
-            secret = settings.require_dedupe_secret()
-            await check_dedupe_key(pool, secret)
-            handler = PersistHandler(
-                pool, producer, topics, secret, settings.max_record_bytes,
-                FlagRules.from_settings(settings),
-            )  # fmt: skip
+            handler = await _persist_handler(
+                settings, pool, producer, topics, await _checked(pool, keys)
+            )
             group, topic = settings.persist_group, topics.submitted
         elif kind is WorkerKind.MAIL:
-            mailer = Mailer(pool, settings, mail_retry)
+            mailer = Mailer(pool, settings, await _checked(pool, keys), mail_retry)
             handler = MailHandler(pool, producer, topics, on_queued=mailer.nudge)
             group, topic = settings.mail_group, topics.accepted
             if not drain:
@@ -127,6 +138,32 @@ async def run_worker(
             await poller
         await producer.stop()
         await pool.close()
+
+
+async def _persist_handler(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    keys: DataKeys,
+) -> PersistHandler:
+    secret = settings.require_dedupe_secret()
+    await check_dedupe_key(pool, secret)
+    encrypt = os.environ.get(MEASURE_WITHOUT_ENCRYPTION) != "1"
+    if not encrypt:
+        log.warning("pii_not_encrypted", reason=f"{MEASURE_WITHOUT_ENCRYPTION}=1")
+    return PersistHandler(
+        pool, producer, topics, secret, settings.max_record_bytes, keys,
+        FlagRules.from_settings(settings), encrypt=encrypt,
+    )  # fmt: skip
+
+
+async def _checked(pool: asyncpg.Pool, keys: DataKeys | None) -> DataKeys:
+    """The data keys, once the master key is known to open the stored ones."""
+    if keys is None:
+        raise RuntimeError("this worker needs the data keys")
+    await check_master_key(pool, keys.keyring)
+    return keys
 
 
 async def _run_until_stopped(

@@ -30,11 +30,7 @@ STAGING_COLUMNS = (
     "submission_id",
     "campaign",
     "email_hash",
-    "first_name",
-    "last_name",
-    "email",
     "country",
-    "postcode",
     "consent",
     "language",
     "source",
@@ -44,26 +40,43 @@ STAGING_COLUMNS = (
     "client_hash",
     "email_domain",
     "flag",
+    "key_id",
+    "pii",
 )
 
+# A row as decoded, before its personal data is encrypted (consumers/persist.py)
+PlainRow = tuple[
+    UUID,
+    str,
+    bytes,
+    str,  # country
+    bool,
+    str | None,
+    str,  # source
+    datetime,  # submitted_at
+    datetime | None,  # received_at
+    str | None,  # client_prefix
+    bytes | None,  # client_hash
+    str,  # email_domain
+    str | None,  # flag, as far as it is known before the batch's rates are counted
+]
+# ... and as stored: the names, email and postcode only as one encrypted blob, last
 StagingRow = tuple[
     UUID,
     str,
     bytes,
     str,
-    str,
-    str,
-    str,
-    str | None,
     bool,
     str | None,
     str,
     datetime,
     datetime | None,
-    str | None,  # client_prefix
-    bytes | None,  # client_hash
-    str,  # email_domain
-    str | None,  # flag, as far as it is known before the batch's rates are counted
+    str | None,
+    bytes | None,
+    str,
+    str | None,
+    int,  # key_id: the campaign's data key that encrypted pii
+    bytes,  # pii: names, email and postcode, encrypted (runtime/pii.py)
 ]
 
 
@@ -95,11 +108,11 @@ class BatchResult:
 
 
 _INSERT = """
-INSERT INTO signatures (submission_id, campaign, email_hash, first_name, last_name, email,
-                        country, postcode, consent, language, source, submitted_at, received_at,
+INSERT INTO signatures (submission_id, campaign, email_hash, key_id, pii,
+                        country, consent, language, source, submitted_at, received_at,
                         client_prefix, client_hash, email_domain, flag, state)
-SELECT submission_id, campaign, email_hash, first_name, last_name, email,
-       country, postcode, consent, language, source, submitted_at, received_at,
+SELECT submission_id, campaign, email_hash, key_id, pii,
+       country, consent, language, source, submitted_at, received_at,
        client_prefix::cidr, client_hash, email_domain, flag,
        CASE WHEN campaign = ANY($1::text[]) THEN 'pending' ELSE 'confirmed' END
 FROM staging_signatures
@@ -182,7 +195,7 @@ async def write_batch(
         row = by_id[submission_id]
         result.inserted.append(
             StoredSignature(
-                signature_id, submission_id, row[1], row[6], row[10], row[11], state, counted
+                signature_id, submission_id, row[1], row[3], row[6], row[7], state, counted
             )
         )
     if rules is not None and result.inserted:
@@ -206,7 +219,7 @@ async def write_batch(
             _RECORD_DUPLICATES,
             [row[0] for row in dupes],
             [row[1] for row in dupes],
-            [row[10] for row in dupes],
+            [row[6] for row in dupes],
         )
         new_duplicates.update(row["campaign"] for row in recorded)
         result.duplicates = len(dupes)
@@ -259,11 +272,11 @@ async def _flag(
     new = []
     for s in result.inserted:
         row = by_id[s.submission_id]
-        if row[16] is not None:
-            result.flagged[row[16]] += 1
+        if row[12] is not None:
+            result.flagged[row[12]] += 1
         new.append(
-            NewSignature(s.submission_id, s.campaign, row[12] or row[11], row[13], row[15],
-                         row[16] is not None)
+            NewSignature(s.submission_id, s.campaign, row[8] or row[7], row[9], row[11],
+                         row[12] is not None)
         )  # fmt: skip
     flagged = await flag_rates(conn, rules, new)
     if not flagged:

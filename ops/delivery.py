@@ -35,6 +35,7 @@ import asyncpg
 from babel import Locale
 
 from runtime.db import Conn
+from runtime.pii import PII_COLUMNS, DataKeys, reveal
 
 
 class DeliveryFormat(StrEnum):
@@ -44,6 +45,10 @@ class DeliveryFormat(StrEnum):
 
 class UnknownCampaign(Exception):
     pass
+
+
+class Anonymised(Exception):
+    """The campaign's retention has passed: its signers' names are gone, counts remain."""
 
 
 class Signer(NamedTuple):
@@ -70,30 +75,39 @@ class Delivery:
         return sum(self.by_country.values())
 
 
-async def confirmed_signers(conn: Conn, slug: str) -> AsyncIterator[Signer]:
+async def confirmed_signers(conn: Conn, slug: str, keys: DataKeys) -> AsyncIterator[Signer]:
     """The signatures of `slug` that count, oldest first: names, country, date signed
-    (UTC). The one place exports read names; call it inside a transaction."""
-    cursor = conn.cursor(
-        "SELECT first_name, last_name, country, submitted_at FROM signatures "
-        "WHERE campaign = $1 AND counted ORDER BY id",
-        slug,
-        prefetch=2_000,
-    )
-    async for row in cursor:
-        yield Signer(
-            row["first_name"],
-            row["last_name"],
-            row["country"],
-            row["submitted_at"].astimezone(UTC).date(),
-        )
+    (UTC). The one place exports read names, decrypted here in memory a chunk at a time
+    (runtime/pii.py); call it inside a transaction. A row whose personal data was cleared
+    (anonymised after retention) gives no name and is left out."""
+    cursor = await conn.cursor(_SIGNERS, slug)
+    while chunk := await cursor.fetch(_CHUNK):
+        for row, pii in zip(chunk, await reveal(conn, keys, chunk), strict=True):
+            if pii is None:
+                continue
+            yield Signer(
+                pii.first_name,
+                pii.last_name,
+                row["country"],
+                row["submitted_at"].astimezone(UTC).date(),
+            )
+
+
+_CHUNK = 2_000
+_SIGNERS = f"""
+SELECT {PII_COLUMNS}, s.country, s.submitted_at FROM signatures s
+WHERE s.campaign = $1 AND s.counted ORDER BY s.id
+"""  # noqa: S608 (a constant list of columns)
 
 
 async def read_delivery(conn: Conn, slug: str, *, public_min_count: int) -> Delivery:
     campaign = await conn.fetchrow(
-        "SELECT slug, title, target, goal FROM campaigns WHERE slug = $1", slug
+        "SELECT slug, title, target, goal, anonymised_at FROM campaigns WHERE slug = $1", slug
     )
     if campaign is None:
         raise UnknownCampaign(slug)
+    if campaign["anonymised_at"] is not None:
+        raise Anonymised(slug)
     rows = await conn.fetch(
         "SELECT country, count(*) AS n FROM signatures WHERE campaign = $1 AND counted "
         "GROUP BY country ORDER BY count(*) DESC, country",
@@ -245,6 +259,7 @@ async def export_for_target(
     slug: str,
     out: Path,
     fmt: DeliveryFormat,
+    keys: DataKeys,
     *,
     public_min_count: int,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
@@ -267,7 +282,7 @@ async def export_for_target(
             conn.transaction(readonly=True, isolation="repeatable_read"),
         ):
             delivery = await read_delivery(conn, slug, public_min_count=public_min_count)
-            signers = _reporting(confirmed_signers(conn, slug), delivery.total, progress)
+            signers = _reporting(confirmed_signers(conn, slug, keys), delivery.total, progress)
             written = await write(delivery, signers, staged)
         if dict(written) != delivery.by_country:  # one snapshot: cannot differ
             raise RuntimeError("the signatures listed differ from the counts")

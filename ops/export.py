@@ -17,6 +17,7 @@ from typing import TextIO
 import asyncpg
 
 from ops.delivery import confirmed_signers
+from runtime.pii import DataKeys
 
 COLUMNS = ("first_name", "last_name", "country", "signed_on")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -38,15 +39,19 @@ async def export_csv(
     pool: asyncpg.Pool,
     campaign: str,
     out: TextIO,
+    keys: DataKeys,
     *,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> int:
-    """Write the campaign's signatures as CSV, oldest first; returns the rows written."""
+    """Write the campaign's signatures as CSV, oldest first; returns the rows written.
+
+    The names are stored encrypted (runtime/pii.py): `confirmed_signers` decrypts them in
+    memory, a chunk at a time, and nothing but the CSV is written."""
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     written = 0
     async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-        async for signer in confirmed_signers(conn, campaign):
+        async for signer in confirmed_signers(conn, campaign, keys):
             writer.writerow(
                 (
                     safe_cell(signer.first_name),

@@ -2,11 +2,13 @@
 closed for longer than its `retain_days` (schemas/migrations/0010_erasure_retention.sql).
 
 `anonymise_campaign` clears, in one transaction, every column of its signatures that
-could name or reach a person (names, email, postcode, the dedupe hash, the sender's address
-prefix and hash, the email's domain), deletes its confirmation tokens and queued emails,
-and marks the campaign `anonymised_at`. The rows stay, with their country, source, times
-and states: totals, breakdowns and the export's counts do not move, and no version is
-bumped. Campaigns still open are never touched. Running it again changes nothing more.
+could name or reach a person (the encrypted names, email and postcode, the dedupe hash,
+the sender's address prefix and hash, the email's domain), destroys the campaign's data
+keys (so a backup's copy of the encrypted columns is unreadable too), deletes its
+confirmation tokens and queued emails, and marks the campaign `anonymised_at`. The rows
+stay, with their country, source, times and states: totals, breakdowns and the export's
+counts do not move, and no version is bumped. Campaigns still open are never touched.
+Running it again changes nothing more.
 """
 
 from __future__ import annotations
@@ -31,20 +33,21 @@ ORDER BY slug
 
 _CLEAR = """
 UPDATE signatures
-SET first_name = '', last_name = '', email = '', postcode = NULL, email_hash = NULL,
-    client_prefix = NULL, client_hash = NULL, email_domain = NULL
+SET pii = NULL, key_id = NULL, first_name = NULL, last_name = NULL, email = NULL,
+    postcode = NULL, email_hash = NULL, client_prefix = NULL, client_hash = NULL,
+    email_domain = NULL
 WHERE campaign = $1
-  AND (email <> '' OR first_name <> '' OR last_name <> '' OR postcode IS NOT NULL
-       OR email_hash IS NOT NULL OR client_prefix IS NOT NULL OR client_hash IS NOT NULL
-       OR email_domain IS NOT NULL)
+  AND (pii IS NOT NULL OR email <> '' OR first_name <> '' OR last_name <> ''
+       OR postcode IS NOT NULL OR email_hash IS NOT NULL OR client_prefix IS NOT NULL
+       OR client_hash IS NOT NULL OR email_domain IS NOT NULL)
 """
 
 _COUNT_PERSONAL = """
 SELECT count(*) FROM signatures
 WHERE campaign = $1
-  AND (email <> '' OR first_name <> '' OR last_name <> '' OR postcode IS NOT NULL
-       OR email_hash IS NOT NULL OR client_prefix IS NOT NULL OR client_hash IS NOT NULL
-       OR email_domain IS NOT NULL)
+  AND (pii IS NOT NULL OR email <> '' OR first_name <> '' OR last_name <> ''
+       OR postcode IS NOT NULL OR email_hash IS NOT NULL OR client_prefix IS NOT NULL
+       OR client_hash IS NOT NULL OR email_domain IS NOT NULL)
 """
 
 
@@ -86,9 +89,12 @@ async def anonymise_campaign(conn: Conn, slug: str, *, dry_run: bool = False) ->
     cleared = await conn.execute(_CLEAR, slug)
     tokens = await conn.execute("DELETE FROM confirmation_tokens WHERE campaign = $1", slug)
     emails = await conn.execute("DELETE FROM mail_outbox WHERE campaign = $1", slug)
-    # Where the campaign's data key is destroyed once per-campaign keys exist: deleting
-    # its wrapped key here, in this transaction, makes whatever a backup still holds of
-    # the campaign's encrypted columns unreadable.
+    # The campaign's data keys are destroyed: whatever a backup, a dump or a replica
+    # still holds of its signers' encrypted names and addresses can no longer be read,
+    # by anyone, with any master key (runtime/pii.py). Taken under the lock the key
+    # commands hold for a campaign, so no rotation writes a key back meanwhile.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('data_keys:' || $1))", slug)
+    await conn.execute("DELETE FROM data_keys WHERE campaign = $1", slug)
     await conn.execute(
         "UPDATE campaigns SET anonymised_at = coalesce(anonymised_at, now()) WHERE slug = $1",
         slug,

@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.erasure_commands import forget, retention_app
+from ops.key_commands import keys_app
 from ops.review_commands import review_app
 from runtime.logs import configure_logging, get_logger
+from runtime.pii import KeyProblem
 from runtime.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -40,6 +42,7 @@ app.add_typer(partner_app, name="partner")
 app.add_typer(review_app, name="review")
 app.add_typer(retention_app, name="retention")
 app.command("forget")(forget)
+app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
 log = get_logger("runtime.cli")
@@ -162,6 +165,8 @@ def worker(
         s.require_dedupe_secret()
     if kind is Worker.MAIL:
         s.require_mail()
+    if kind is not Worker.COUNT:
+        s.require_master_keys()  # names, email and postcode are stored encrypted
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -270,7 +275,8 @@ def bench(
 
     The drains and the surge run on a campaign with confirmation off (the raw pipeline);
     one more drain measures a campaign that requires confirmation (every signature stored
-    pending), and the confirm rate what one API process sustains."""
+    pending), and the confirm rate what one API process sustains. One more drain, without
+    encryption at rest, measures what encryption costs."""
     from bench.run import BenchOptions, report, run_bench
     from runtime.progress import progress_bar
 
@@ -282,8 +288,8 @@ def bench(
     log_dir = s.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True)
-    # data, drain, pending drain, confirm rate, naive, COPY, surge, memory
-    steps = 8 if memory_count else 7
+    # data, drain, unencrypted drain, pending drain, confirm rate, naive, COPY, surge, memory
+    steps = 9 if memory_count else 8
 
     with progress_bar(err) as bar:
         task = bar.add_task("bench", total=steps)
@@ -891,9 +897,11 @@ def export(
         typer.echo("--format pdf needs --for-target", err=True)
         raise typer.Exit(2)
     from ops.export import count_signatures, export_csv
+    from runtime.pii import DataKeys
     from runtime.progress import progress_bar
 
     s = settings()
+    keys = DataKeys(s.require_master_keys())  # the names are stored encrypted
     console = Console(stderr=True)
 
     async def go(pool: asyncpg.Pool) -> int:
@@ -907,7 +915,7 @@ def export(
             with progress_bar(console) as bar:
                 task = bar.add_task(f"exporting {campaign}", total=total)
                 return await export_csv(
-                    pool, campaign, target, progress=lambda n: bar.advance(task, n)
+                    pool, campaign, target, keys, progress=lambda n: bar.advance(task, n)
                 )
 
     written = run(lambda: _with_pool(s, go))
@@ -917,13 +925,21 @@ def export(
 def _export_for_target(campaign: str, output: Path, fmt: ExportFormat) -> None:
     """Write the delivery document; stdout gets its SHA-256 only, stderr one summary line
     (counts, never a name). Refusals are one line and exit 2."""
-    from ops.delivery import DeliveryFormat, OutputError, UnknownCampaign, export_for_target
+    from ops.delivery import (
+        Anonymised,
+        DeliveryFormat,
+        OutputError,
+        UnknownCampaign,
+        export_for_target,
+    )
     from ops.delivery_pdf import FontsMissing
+    from runtime.pii import DataKeys
 
     if str(output) == "-":
         typer.echo("--for-target needs --out FILE: stdout carries the file's SHA-256", err=True)
         raise typer.Exit(2)
     s = settings()
+    keys = DataKeys(s.require_master_keys())  # the names are stored encrypted
 
     from runtime.progress import progress_bar
 
@@ -935,6 +951,7 @@ def _export_for_target(campaign: str, output: Path, fmt: ExportFormat) -> None:
                 campaign,
                 output,
                 DeliveryFormat(fmt.value),
+                keys,
                 public_min_count=s.public_min_count,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
@@ -944,6 +961,11 @@ def _export_for_target(campaign: str, output: Path, fmt: ExportFormat) -> None:
         total, digest = run(lambda: _with_pool(s, go))
     except UnknownCampaign:
         typer.echo(f"campaign {campaign} is unknown", err=True)
+        raise typer.Exit(2) from None
+    except Anonymised:
+        typer.echo(
+            f"campaign {campaign} was anonymised after its retention: no names remain", err=True
+        )
         raise typer.Exit(2) from None
     except (OutputError, FontsMissing) as exc:
         typer.echo(str(exc), err=True)
@@ -976,6 +998,9 @@ def main() -> None:
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"configuration error: {line}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    except KeyProblem as exc:  # a wrong master key, a data key missing: never personal data
+        print(f"key error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
     except OSError as exc:
         if exc.errno == 111:  # connection refused: say which service

@@ -22,13 +22,14 @@ class DedupeKeyMismatch(RuntimeError):
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # One staging table per connection for COPY; emptied at every commit.
+    # One staging table per connection for COPY; emptied at every commit. It has no column
+    # for plaintext names, email or postcode: only their encrypted blob (runtime/pii.py).
     await conn.execute(
         """CREATE TEMP TABLE IF NOT EXISTS staging_signatures (
-               submission_id uuid, campaign text, email_hash bytea, first_name text,
-               last_name text, email text, country text, postcode text, consent boolean,
-               language text, source text, submitted_at timestamptz, received_at timestamptz,
-               client_prefix text, client_hash bytea, email_domain text, flag text
+               submission_id uuid, campaign text, email_hash bytea, key_id integer,
+               pii bytea, country text, consent boolean, language text, source text,
+               submitted_at timestamptz, received_at timestamptz, client_prefix text,
+               client_hash bytea, email_domain text, flag text
            ) ON COMMIT DELETE ROWS"""
     )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ from runtime.abuse_settings import (
     RateWindowText,
     StorageUrl,
 )
+from runtime.pii import Keyring, new_master_key, parse_master_key
 
 PREFIX = "SIGNATURES_"
 # A host name or IPv4 address, "*.example.org" for its subdomains, or "*" for any host.
@@ -53,6 +56,17 @@ class Settings(BaseSettings):
     dedupe_secret: SecretStr | None = Field(
         default=None,
         description="HMAC key of the dedupe hash; at least 32 characters; must never change",
+    )
+    # Encryption at rest of signers' names, email and postcode (runtime/pii.py).
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes in base64 that wrap the data keys; unset: the key file "
+        "`master-key` in the state directory, which `up` generates",
+    )
+    previous_master_key: SecretStr | None = Field(
+        default=None,
+        description="While a rotation is under way: the master key being replaced (unwraps "
+        "only; `signatures keys rotate` rewraps what it wrapped)",
     )
     topic_submitted: str = "signatures.submitted"
     topic_rejected: str = "signatures.rejected"
@@ -144,6 +158,13 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters")
         return value
 
+    @field_validator("master_key", "previous_master_key")
+    @classmethod
+    def _master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_master_key(value.get_secret_value())
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -199,20 +220,68 @@ class Settings(BaseSettings):
             )
         return self.dedupe_secret.get_secret_value().encode()
 
-    def with_local_secret(self) -> Settings:
-        """For one-machine runs (`up`, `demo`): a secret kept in the state directory.
+    @property
+    def master_key_file(self) -> Path:
+        return self.state_dir / "master-key"
 
-        The secret is generated once and reused on every later run, so the same person
-        keeps the same dedupe hash; production sets SIGNATURES_DEDUPE_SECRET instead.
+    def require_master_keys(self) -> Keyring:
+        """The master key (and the previous one, during a rotation), or a ConfigError.
+
+        SIGNATURES_MASTER_KEY when set (production: never a file then); otherwise the key
+        file that `up` generated in the state directory of this machine.
         """
-        if self.dedupe_secret is not None:
-            return self
-        path = self.state_dir / "dedupe-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-        return self.model_copy(update={"dedupe_secret": SecretStr(path.read_text().strip())})
+        previous = (
+            None
+            if self.previous_master_key is None
+            else parse_master_key(self.previous_master_key.get_secret_value())
+        )
+        if self.master_key is not None:
+            return Keyring(parse_master_key(self.master_key.get_secret_value()), previous)
+        path = self.master_key_file
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{PREFIX}MASTER_KEY: not set, and no key file {path} (`signatures up` "
+                "generates one; or generate a key with `signatures keys generate`)"
+            ) from None
+        try:
+            return Keyring(parse_master_key(text), previous)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}MASTER_KEY: the key file {path} {exc}") from None
+
+    def with_local_secret(self) -> Settings:
+        """For one-machine runs (`up`, `demo`): secrets kept in the state directory.
+
+        The dedupe secret and the master key are generated once and reused on every later
+        run, so the same person keeps the same dedupe hash and the stored data keys stay
+        readable; every other command on this machine finds the master key file by itself.
+        Production sets SIGNATURES_DEDUPE_SECRET and SIGNATURES_MASTER_KEY instead.
+        """
+        update: dict[str, object] = {}
+        if self.dedupe_secret is None:
+            path = _generated(self.state_dir / "dedupe-secret", lambda: secrets.token_urlsafe(48))
+            update["dedupe_secret"] = SecretStr(path.read_text().strip())
+        if self.master_key is None:
+            path = _generated(self.master_key_file, new_master_key)
+            text = path.read_text().strip()
+            try:
+                parse_master_key(text)
+            except ValueError as exc:
+                raise ConfigError(f"{PREFIX}MASTER_KEY: the key file {path} {exc}") from None
+            update["master_key"] = SecretStr(text)
+        return self.model_copy(update=update) if update else self
+
+
+def _generated(path: Path, make: Callable[[], str]) -> Path:
+    """The file, written once with a new secret (readable by its owner only) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created with its final mode: the secret is never readable by others
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(make())
+    return path
 
 
 def _env_name(field: str) -> str:

@@ -37,12 +37,13 @@ WHERE submission_id = ANY($1::uuid[])
 RETURNING submission_id, state, counted
 """
 
-# What the owner asked us to forget: names, email and postcode, and the dedupe key (so
-# that the person can still sign for themselves later).
+# What the owner asked us to forget: names, email and postcode (their encrypted blob, and
+# the plaintext of a row stored before encryption), and the dedupe key (so that the person
+# can still sign for themselves later).
 _CHANGE_AND_CLEAR = """
 UPDATE signatures
-SET state = $2, state_changed_at = now(),
-    first_name = '', last_name = '', email = '', postcode = NULL, email_hash = NULL,
+SET state = $2, state_changed_at = now(), pii = NULL, key_id = NULL,
+    first_name = NULL, last_name = NULL, email = NULL, postcode = NULL, email_hash = NULL,
     client_prefix = NULL, client_hash = NULL, email_domain = NULL
 WHERE submission_id = ANY($1::uuid[])
 RETURNING submission_id, state, counted

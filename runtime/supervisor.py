@@ -27,10 +27,12 @@ from typing import IO
 
 import httpx
 
+from ops.keys import campaigns, encrypt_plaintext
 from runtime.broker import EmbeddedBroker
-from runtime.db import apply_migrations, ensure_database
+from runtime.db import apply_migrations, create_pool, ensure_database
 from runtime.logs import get_logger
 from runtime.mailbox import Mailbox
+from runtime.pii import DataKeys
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
@@ -45,6 +47,9 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # on top of the stack's
+
+
+_WITHOUT_MASTER_KEY = frozenset({"api", "counter"})
 
 
 class Stack:
@@ -78,9 +83,13 @@ class Stack:
         return child
 
     async def _start(self, child: Child) -> None:
+        env = {**self.env(), **child.env}
+        if child.name in _WITHOUT_MASTER_KEY:  # they never read personal data
+            for name in ("SIGNATURES_MASTER_KEY", "SIGNATURES_PREVIOUS_MASTER_KEY"):
+                env.pop(name, None)
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
-            env={**self.env(), **child.env},
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=child.log_file,
             stderr=child.log_file,
@@ -196,6 +205,7 @@ async def running_stack(
             log.info("database_created")
         applied = await apply_migrations(settings.database_url)
         log.info("migrations", applied=applied)
+        await encrypt_stored_plaintext(settings)
         await ensure_topics(settings, settings.kafka_bootstrap_servers or "")
         await stack.spawn("api", "api", "--host", host, "--port", str(port))
         for n in range(persist_workers):
@@ -212,6 +222,19 @@ async def running_stack(
             await asyncio.to_thread(mailbox.stop)
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+
+
+async def encrypt_stored_plaintext(settings: Settings) -> None:
+    """Rows kept from before encryption at rest existed are encrypted now (`keys encrypt`)."""
+    keys = DataKeys(settings.require_master_keys())
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        for campaign in await campaigns(pool, None):
+            moved = await encrypt_plaintext(pool, keys, campaign)
+            if moved is not None:
+                log.info("plaintext_encrypted", campaign=campaign, rows=moved.rows)
+    finally:
+        await pool.close()
 
 
 def _local_mail(settings: Settings, mailbox: Mailbox) -> dict[str, object]:

@@ -25,6 +25,8 @@ ADMIN_URL = os.environ.get(
 )
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 SECRET = "test-dedupe-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+# the master key of every test's data keys (tests/helpers.py decrypts with it)
+MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY="
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +79,7 @@ def make_settings(database_url: str, bootstrap: str, **overrides: object) -> Set
         "kafka_bootstrap_servers": bootstrap,
         "database_url": database_url,
         "dedupe_secret": SecretStr(SECRET),
+        "master_key": SecretStr(MASTER_KEY),
         "topic_submitted": f"t-{suffix}.submitted",
         "topic_rejected": f"t-{suffix}.rejected",
         "topic_accepted": f"t-{suffix}.accepted",

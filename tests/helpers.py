@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 
 from runtime.kafka import make_producer
+from runtime.pii import DataKeys, Keyring, parse_master_key, reveal
 from runtime.settings import Settings
 from schemas.campaign import Confirmation, NewCampaign
 
@@ -88,3 +90,24 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, object
         elif "data" in fields:
             yield {"id": fields.get("id"), **json.loads(fields["data"])}
             fields = {}
+
+
+def keys_for_tests(master_key: str | None = None) -> DataKeys:
+    """The data keys as the tests' processes see them (tests/conftest.py MASTER_KEY)."""
+    from tests.conftest import MASTER_KEY  # noqa: PLC0415
+
+    return DataKeys(Keyring(parse_master_key(master_key or MASTER_KEY)))
+
+
+async def decrypted(pool: asyncpg.Pool, where: str = "TRUE", *args: object) -> list[dict[str, Any]]:
+    """Rows of `signatures` (alias s) with their names, email and postcode decrypted, the
+    way the mail worker and the export read them; None where they were cleared."""
+    async with pool.acquire() as conn:
+        query = f"SELECT s.* FROM signatures s WHERE {where} ORDER BY s.id"  # noqa: S608
+        rows = await conn.fetch(query, *args)
+        revealed = await reveal(conn, keys_for_tests(), rows)
+    empty = dict.fromkeys(("first_name", "last_name", "email", "postcode"))
+    return [
+        {**dict(row), **(pii._asdict() if pii is not None else empty)}
+        for row, pii in zip(rows, revealed, strict=True)
+    ]

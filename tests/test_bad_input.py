@@ -45,7 +45,7 @@ from schemas.events import DeadLetterHeaders
 from schemas.reasons import Reason
 from schemas.submission import Submission
 from tests.conftest import make_settings
-from tests.helpers import CAMPAIGN, submission
+from tests.helpers import CAMPAIGN, decrypted, submission
 from tests.invariants import History, Told, check
 from tests.pipeline import serving_api
 from tests.test_common_record import agrees_with_the_model
@@ -303,10 +303,7 @@ async def test_kafka_corpus_through_a_real_worker(settings: Settings, pool: asyn
         headers = DeadLetterHeaders.from_kafka(list(record.headers))
         assert headers.origin_topic == settings.topic_submitted
         letters[(headers.origin_partition, headers.origin_offset)].append(headers)
-    rows = {
-        str(r["submission_id"]): r
-        for r in await pool.fetch("SELECT submission_id, first_name, last_name FROM signatures")
-    }
+    rows = {str(r["submission_id"]): r for r in await decrypted(pool)}
     duplicates = {
         str(r["submission_id"])
         for r in await pool.fetch("SELECT submission_id FROM duplicate_submissions")

@@ -16,9 +16,11 @@ KEYS = {
     "count", "seconds", "throughput_per_s", "naive_throughput_per_s", "speedup_vs_naive",
     "copy_limit_per_s", "fraction_of_limit", "latency_ms", "peak_rss_mb", "totals_match",
     "cold_seconds", "api_max", "surge", "cpu_seconds_steady", "confirmation", "limits",
+    "encryption",
 }  # fmt: skip
 
 
+@pytest.mark.timeout(600)  # nine small measurements, each with its own group joins
 def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
     env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
@@ -50,6 +52,10 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     assert confirmation["confirm_count"] > 250  # the stored signers among the first 300
     assert confirmation["confirm_errors"] == 0  # every click answered `confirmed`
     assert confirmation["pending_drain_per_s"] > 0
+    encryption = figures["encryption"]
+    assert encryption["unencrypted_drain_per_s"] > 0
+    assert encryption["encrypted_vs_unencrypted"] > 0
+    assert isinstance(encryption["within_15_percent"], bool)
 
 
 def test_bench_stream_smoke_run(database_url: str, tmp_path: Path) -> None:

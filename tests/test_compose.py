@@ -23,7 +23,13 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("SIGNATURES_DEDUPE_SECRET", "POSTGRES_PASSWORD", "SIGNATURES_SMTP_PASSWORD")
+        if k
+        not in (
+            "SIGNATURES_DEDUPE_SECRET",
+            "POSTGRES_PASSWORD",
+            "SIGNATURES_SMTP_PASSWORD",
+            "SIGNATURES_MASTER_KEY",
+        )
     }
     return subprocess.run(
         [binary, "config", "-q"],
@@ -40,6 +46,7 @@ SECRETS = {
     "SIGNATURES_DEDUPE_SECRET": "s" * 48,
     "POSTGRES_PASSWORD": "pw",
     "SIGNATURES_SMTP_PASSWORD": "smtp-pw",
+    "SIGNATURES_MASTER_KEY": "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=",
 }
 
 
@@ -49,15 +56,28 @@ def test_compose_file_is_valid() -> None:
 
 
 def test_compose_refuses_to_run_without_a_secret() -> None:
-    done = compose_config(POSTGRES_PASSWORD="pw", SIGNATURES_SMTP_PASSWORD="smtp-pw")
+    done = compose_config(**{**SECRETS, "SIGNATURES_DEDUPE_SECRET": ""})
     assert done.returncode != 0
     assert "SIGNATURES_DEDUPE_SECRET" in done.stderr
 
 
 def test_compose_refuses_to_run_without_the_smtp_password() -> None:
-    done = compose_config(SIGNATURES_DEDUPE_SECRET="s" * 48, POSTGRES_PASSWORD="pw")
+    done = compose_config(**{**SECRETS, "SIGNATURES_SMTP_PASSWORD": ""})
     assert done.returncode != 0
     assert "SIGNATURES_SMTP_PASSWORD" in done.stderr
+
+
+def test_compose_refuses_to_run_without_the_master_key() -> None:
+    done = compose_config(**{**SECRETS, "SIGNATURES_MASTER_KEY": ""})
+    assert done.returncode != 0
+    assert "SIGNATURES_MASTER_KEY" in done.stderr
+
+
+def test_only_the_workers_that_read_personal_data_get_the_master_key() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = re.split(r"\n  (?=[a-z-]+:\n)", text.split("\nservices:\n", 1)[1])
+    holders = {s.split(":", 1)[0] for s in services if "SIGNATURES_MASTER_KEY:" in s}
+    assert holders == {"persist", "mail-worker"}
 
 
 def test_every_app_service_shares_one_configuration() -> None:

@@ -24,7 +24,7 @@ from runtime.confirmation import new_token
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import NewCampaign
-from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, decrypted, encode, produce, submission
 from tests.pipeline import serving_api
 
 pytestmark = pytest.mark.integration
@@ -78,11 +78,8 @@ async def token(pool: asyncpg.Pool, person: dict[str, Any], campaign: str = REQ)
 
 
 async def row(pool: asyncpg.Pool, person: dict[str, Any]) -> dict[str, Any]:
-    found = await pool.fetchrow(
-        "SELECT * FROM signatures WHERE submission_id = $1::uuid", person["submission_id"]
-    )
-    assert found is not None
-    return dict(found)
+    [found] = await decrypted(pool, "s.submission_id = $1::uuid", person["submission_id"])
+    return found
 
 
 async def totals(pool: asyncpg.Pool, campaign: str = REQ) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from runtime.partners import create_partner
 from runtime.settings import Settings
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import Confirmation, NewCampaign
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, decrypted
 from tests.pipeline import serving_api
 
 pytestmark = pytest.mark.integration
@@ -118,8 +118,8 @@ async def test_http_to_published_totals(settings: Settings, pool: asyncpg.Pool, 
     assert published[CAMPAIGN.slug].total == 41
     assert published[CAMPAIGN.slug].version == totals["version"]
     assert await pool.fetchval("SELECT duplicates FROM campaign_totals") == 2
-    stored = await pool.fetchrow("SELECT * FROM signatures WHERE email = 'ada.form@example.org'")
-    assert stored is not None and stored["consent"] is True and stored["received_at"] is not None
+    [stored] = [r for r in await decrypted(pool) if r["email"] == "ada.form@example.org"]
+    assert stored["consent"] is True and stored["received_at"] is not None
 
     # Nothing on the accepted or totals topics names a signer.
     for topic in (settings.topic_accepted, settings.topic_totals):

@@ -37,7 +37,7 @@ from runtime.abuse_settings import networks
 from runtime.campaigns import create_campaign
 from runtime.kafka import read_to_end
 from runtime.settings import Settings
-from tests.helpers import CAMPAIGN, encode, produce, submission, wait_until
+from tests.helpers import CAMPAIGN, decrypted, encode, produce, submission, wait_until
 from tests.pipeline import running_pipeline
 
 SLUG = CAMPAIGN.slug  # confirmation off: an unflagged signature counts at once
@@ -261,7 +261,7 @@ async def test_each_flag_is_stored_uncounted_and_answered_like_any_other(
         assert line.held == 6
         assert "198.51.100.0/24 7" in str(render_text(line))
 
-    stored = {r["email"]: r["flag"] for r in await pool.fetch("SELECT email, flag FROM signatures")}
+    stored = {r["email"]: r["flag"] for r in await decrypted(pool)}
     assert stored == expected
     assert await pool.fetchval("SELECT count(*) FROM signatures WHERE counted") == 13
     assert await pool.fetchval("SELECT total FROM campaign_totals") == 13

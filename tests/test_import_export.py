@@ -19,7 +19,7 @@ from runtime.campaigns import counted_rows, create_campaign
 from runtime.cli import app
 from runtime.kafka import make_producer
 from runtime.settings import Settings, settings_env
-from tests.helpers import CAMPAIGN
+from tests.helpers import CAMPAIGN, decrypted, keys_for_tests
 
 CSV = """first_name,last_name,email,country,consent,postcode
 Giulia,Rossi,giulia.rossi.imp@example.org,IT,yes,00100
@@ -70,7 +70,7 @@ async def test_import_checks_lines_sends_the_rest_and_is_idempotent(
     assert report == "line 5: email: invalid_email\nline 6: country: invalid_country\n"
     await drain(settings)
     assert (await counted_rows(pool))[CAMPAIGN.slug] == 4  # Ana twice is one person
-    rows = await pool.fetch("SELECT first_name, last_name, consent, source FROM signatures")
+    rows = await decrypted(pool)
     by_name = {r["first_name"]: r for r in rows}
     assert by_name['=HYPERLINK("http://x")']["consent"] is False  # stored as data
     assert by_name["<b>Anna</b>"]["last_name"] == "+Markup"
@@ -83,7 +83,7 @@ async def test_import_checks_lines_sends_the_rest_and_is_idempotent(
     assert await pool.fetchval("SELECT duplicates FROM campaign_totals") == 1
 
     out = io.StringIO()
-    assert await export_csv(pool, CAMPAIGN.slug, out) == 4
+    assert await export_csv(pool, CAMPAIGN.slug, out, keys_for_tests()) == 4
     exported = list(csv.reader(io.StringIO(out.getvalue())))
     assert exported[0] == ["first_name", "last_name", "country", "signed_on"]
     cells = {tuple(row[:3]) for row in exported[1:]}

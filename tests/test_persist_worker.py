@@ -20,7 +20,7 @@ from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from schemas.campaign import Confirmation, NewCampaign
 from schemas.events import AcceptedEvent, DeadLetterHeaders
-from tests.helpers import CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, decrypted, encode, produce, submission
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,7 @@ async def test_valid_duplicate_and_invalid_records(settings: Settings, pool: asy
     assert outcome["inserted"] == 7
     assert outcome["duplicates"] == 2
     assert outcome["dead_lettered"] == 10
-    row = await pool.fetchrow(
-        "SELECT * FROM signatures WHERE submission_id = $1::uuid", first["submission_id"]
-    )
-    assert row is not None
+    [row] = await decrypted(pool, "s.submission_id = $1::uuid", first["submission_id"])
     assert (row["first_name"], row["country"], row["email"]) == (
         "Mario",
         "IT",

@@ -109,7 +109,8 @@ async def personal(pool: asyncpg.Pool, slug: str) -> int:
     return int(
         await pool.fetchval(
             """SELECT count(*) FROM signatures WHERE campaign = $1 AND (
-                   email <> '' OR first_name <> '' OR last_name <> '' OR postcode IS NOT NULL
+                   pii IS NOT NULL OR key_id IS NOT NULL
+                   OR email <> '' OR first_name <> '' OR last_name <> '' OR postcode IS NOT NULL
                    OR email_hash IS NOT NULL OR client_prefix IS NOT NULL
                    OR client_hash IS NOT NULL OR email_domain IS NOT NULL)""",
             slug,
@@ -167,6 +168,14 @@ async def test_retention_anonymises_only_closed_campaigns_past_their_retention(
         recent.slug: 3,
     }
 
+    keys_of = "SELECT count(*) FROM data_keys WHERE campaign = $1"
+    assert [await pool.fetchval(keys_of, c.slug) for c in (due, recent)] == [1, 1]
+    # what a backup taken now holds of a signer of the due campaign: a blob and its key id
+    backup = await pool.fetchrow(
+        "SELECT key_id, pii FROM signatures WHERE campaign = $1 LIMIT 1", due.slug
+    )
+    assert backup["pii"] is not None
+
     now = datetime.now(UTC)
     dry = await run_retention(pool, now, dry_run=True)
 
@@ -187,6 +196,12 @@ async def test_retention_anonymises_only_closed_campaigns_past_their_retention(
         (immediate.slug, 3, 0),
     ]
     assert (await personal(pool, due.slug), await personal(pool, immediate.slug)) == (0, 0)
+    # the data keys are destroyed: the backup's blob has no key left to open it
+    assert [await pool.fetchval(keys_of, c.slug) for c in (due, immediate)] == [0, 0]
+    assert (
+        await pool.fetchval("SELECT count(*) FROM data_keys WHERE id = $1", backup["key_id"]) == 0
+    )
+    assert [await pool.fetchval(keys_of, c.slug) for c in (recent, still_open)] == [1, 1]
     assert (await personal(pool, recent.slug), await personal(pool, still_open.slug)) == (3, 3)
     assert await pool.fetchval("SELECT count(*) FROM confirmation_tokens") == 0
     for c in (due, recent, immediate, still_open):  # totals, breakdowns, versions: as they were

@@ -17,7 +17,7 @@ from runtime.kafka import read_to_end
 from runtime.settings import Settings
 from runtime.signature_states import change_state
 from schemas.campaign import SignatureState
-from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, REQUIRED_CAMPAIGN, decrypted, encode, produce, submission
 
 REQ = REQUIRED_CAMPAIGN.slug
 
@@ -134,14 +134,14 @@ async def test_confirm_counts_once_and_remove_forgets_the_person(
             clear_personal_data=True,
         )
     assert removed.changed == [second_id]
-    row = await pool.fetchrow("SELECT * FROM signatures WHERE submission_id = $1", second_id)
-    assert row is not None
+    [row] = await decrypted(pool, "s.submission_id = $1", second_id)
     assert (row["state"], row["first_name"], row["last_name"], row["email"]) == (
         "removed",
-        "",
-        "",
-        "",
+        None,
+        None,
+        None,
     )
+    assert row["pii"] is None and row["key_id"] is None
     assert row["email_hash"] is None and row["postcode"] is None
     gone = await totals_row(pool, REQ)
     assert (gone["total"], gone["pending"], gone["version"]) == (1, 0, after["version"])
