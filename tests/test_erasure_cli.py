@@ -68,10 +68,10 @@ async def test_forget_and_retention_from_the_command_line(
     dry = await asyncio.to_thread(signatures, "retention", "run", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert f"{CAMPAIGN.slug}: would anonymise 1 signature(s)" in dry.stdout
-    assert await pool.fetchval("SELECT count(*) FROM signatures WHERE email <> ''") == 1
+    assert await pool.fetchval("SELECT count(*) FROM signatures WHERE pii IS NOT NULL") == 1
     run = await asyncio.to_thread(signatures, "retention", "run", "--json", env=env)
     assert json.loads(run.stdout)["campaigns"] == [
         {"campaign": CAMPAIGN.slug, "signatures": 1, "tokens": 0, "emails": 0}
     ]
-    assert await pool.fetchval("SELECT count(*) FROM signatures WHERE email <> ''") == 0
+    assert await pool.fetchval("SELECT count(*) FROM signatures WHERE pii IS NOT NULL") == 0
     assert await pool.fetchval("SELECT total FROM campaign_totals") == 1

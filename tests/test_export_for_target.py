@@ -31,9 +31,11 @@ from ops.export import export_csv, safe_cell
 from ops.reconcile import reconcile_campaign
 from runtime.campaigns import create_campaign, read_totals
 from schemas.campaign import Confirmation, NewCampaign
-from tests.conftest import SECRET
-from tests.helpers import CAMPAIGN
+from tests.conftest import MASTER_KEY, SECRET
+from tests.helpers import CAMPAIGN, keys_for_tests
 from tests.test_cli import cli_env, signatures
+
+KEYS = keys_for_tests()  # the rows seeded here are plaintext, from before encryption
 
 SIGNED = datetime(2026, 11, 30, 22, 15, tzinfo=UTC)
 
@@ -220,7 +222,7 @@ async def test_csv_for_target(pool: asyncpg.Pool, tmp_path: Path) -> None:
     counts = await seed(pool)
     out = tmp_path / "delivery.csv"
     delivery, digest = await export_for_target(
-        pool, CAMPAIGN.slug, out, DeliveryFormat.CSV, public_min_count=10
+        pool, CAMPAIGN.slug, out, DeliveryFormat.CSV, KEYS, public_min_count=10
     )
     raw = out.read_bytes()
     assert digest == hashlib.sha256(raw).hexdigest()
@@ -264,7 +266,7 @@ async def test_pdf_for_target(pool: asyncpg.Pool, tmp_path: Path) -> None:
     counts = await seed(pool)
     out = tmp_path / "delivery.pdf"
     delivery, digest = await export_for_target(
-        pool, CAMPAIGN.slug, out, DeliveryFormat.PDF, public_min_count=10
+        pool, CAMPAIGN.slug, out, DeliveryFormat.PDF, KEYS, public_min_count=10
     )
     assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
     assert delivery.by_country == counts
@@ -303,7 +305,7 @@ async def test_refusals(pool: asyncpg.Pool, tmp_path: Path) -> None:
     await seed(pool)
     with pytest.raises(UnknownCampaign):
         await export_for_target(
-            pool, "nope", tmp_path / "x.csv", DeliveryFormat.CSV, public_min_count=10
+            pool, "nope", tmp_path / "x.csv", DeliveryFormat.CSV, KEYS, public_min_count=10
         )
     with pytest.raises(OutputError, match="cannot write"):
         await export_for_target(
@@ -311,11 +313,12 @@ async def test_refusals(pool: asyncpg.Pool, tmp_path: Path) -> None:
             CAMPAIGN.slug,
             tmp_path / "absent" / "x.pdf",
             DeliveryFormat.PDF,
+            KEYS,
             public_min_count=10,
         )
     with pytest.raises(OutputError, match="is a directory"):
         await export_for_target(
-            pool, CAMPAIGN.slug, tmp_path, DeliveryFormat.CSV, public_min_count=10
+            pool, CAMPAIGN.slug, tmp_path, DeliveryFormat.CSV, KEYS, public_min_count=10
         )
     assert os.listdir(tmp_path) == []  # nothing left behind
 
@@ -326,7 +329,7 @@ async def test_plain_export_is_unchanged(pool: asyncpg.Pool) -> None:
     a leading formula character defused), no byte-order mark, no campaign facts."""
     await seed(pool)
     out = io.StringIO(newline="")
-    assert await export_csv(pool, CAMPAIGN.slug, out) == len(COUNTED) + 1
+    assert await export_csv(pool, CAMPAIGN.slug, out, KEYS) == len(COUNTED) + 1
     rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
     assert rows == [
         ["first_name", "last_name", "country", "signed_on"],
@@ -344,7 +347,7 @@ async def test_missing_fonts_and_an_empty_campaign(
     await create_campaign(pool, CAMPAIGN)
     for fmt in DeliveryFormat:
         delivery, _ = await export_for_target(
-            pool, CAMPAIGN.slug, tmp_path / f"empty.{fmt}", fmt, public_min_count=10
+            pool, CAMPAIGN.slug, tmp_path / f"empty.{fmt}", fmt, KEYS, public_min_count=10
         )
         assert (delivery.total, delivery.by_country) == (0, {})
     text = "".join(page.extract_text() for page in PdfReader(tmp_path / "empty.pdf").pages)
@@ -355,7 +358,7 @@ async def test_missing_fonts_and_an_empty_campaign(
     monkeypatch.setattr(delivery_pdf, "FONT_ROOT", tmp_path / "no-fonts")
     with pytest.raises(delivery_pdf.FontsMissing) as missing:
         await export_for_target(
-            pool, CAMPAIGN.slug, tmp_path / "x.pdf", DeliveryFormat.PDF, public_min_count=10
+            pool, CAMPAIGN.slug, tmp_path / "x.pdf", DeliveryFormat.PDF, KEYS, public_min_count=10
         )
     message = str(missing.value)
     assert "\n" not in message and "NotoSans-Regular.ttf" in message
@@ -367,7 +370,9 @@ async def test_missing_fonts_and_an_empty_campaign(
 @pytest.mark.slow
 async def test_cli_for_target(pool: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
     await seed(pool)
-    env = cli_env(database_url, tmp_path, SIGNATURES_DEDUPE_SECRET=SECRET)
+    env = cli_env(
+        database_url, tmp_path, SIGNATURES_DEDUPE_SECRET=SECRET, SIGNATURES_MASTER_KEY=MASTER_KEY
+    )
     names = [name for row in COUNTED for name in row[:2] if len(name) > 2]
     for fmt in ("pdf", "csv"):
         target = tmp_path / f"delivery.{fmt}"
