@@ -1,0 +1,250 @@
+"""Least privilege in PostgreSQL: what each service's role may read and write.
+
+The roles and their grants come from schemas/migrations/0011_roles.sql; the `settings`
+fixture makes every service connect as its role's login user (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from consumers.service import WorkerKind, run_worker
+from ops.export import export_csv
+from runtime.campaigns import create_campaign
+from runtime.confirmation import Action, Outcome, new_token, use_token
+from runtime.db import create_pool
+from runtime.erasure_requests import record_request
+from runtime.roles import LoginRefused, ensure_logins
+from runtime.settings import Settings
+from tests.conftest import as_user
+from tests.helpers import (
+    REQUIRED_CAMPAIGN,
+    encode,
+    keys_for_tests,
+    produce,
+    submission,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+# Who signed: the API must never read these (nor their encrypted blob, nor any hash).
+PII_COLUMNS = [
+    "pii",
+    "first_name",
+    "last_name",
+    "email",
+    "postcode",
+    "email_hash",
+    "client_prefix",
+    "client_hash",
+    "email_domain",
+]
+
+
+@pytest.fixture
+async def api_conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url_for("api"))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _store_one(settings: Settings, pool: asyncpg.Pool) -> tuple[uuid.UUID, str]:
+    """A stored signature of REQUIRED_CAMPAIGN (pending), through the persist worker's
+    role, and the confirmation token its email carries."""
+    await create_campaign(pool, REQUIRED_CAMPAIGN)
+    record = submission(campaign=REQUIRED_CAMPAIGN.slug)
+    await produce(settings, encode([record]))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(WorkerKind.PERSIST, settings, stop))
+    try:
+        await wait_until(lambda: pool.fetchval("SELECT count(*) = 1 FROM signatures"), timeout=30)
+    finally:
+        stop.set()
+        await worker
+    submission_id = uuid.UUID(str(record["submission_id"]))
+    token = await new_token(
+        pool,
+        submission_id,
+        REQUIRED_CAMPAIGN.slug,
+        now=datetime.now(UTC),
+        ttl=timedelta(days=1),
+    )
+    return submission_id, token
+
+
+async def test_service_users_are_members_of_their_role_only(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for service, group in (
+            ("api", "signatures_api"),
+            ("worker", "signatures_worker"),
+            ("operator", "signatures_operator"),
+        ):
+            user = settings.database_url_for(service).split("//", 1)[1].split("@")[0]
+            groups = await conn.fetchval(
+                """SELECT array_agg(g.rolname::text) FROM pg_auth_members m
+                   JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                   WHERE u.rolname = $1""",
+                user,
+            )
+            assert groups == [group]
+            assert not await conn.fetchval(
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = $1",
+                user,
+            )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("column", PII_COLUMNS)
+async def test_api_cannot_read_who_signed(api_conn: asyncpg.Connection, column: str) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api_conn.fetch(f"SELECT {column} FROM signatures")  # noqa: S608 - fixed names
+    # nor find rows by it
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api_conn.fetch(
+            f"SELECT submission_id FROM signatures WHERE {column} IS NOT NULL"  # noqa: S608
+        )
+
+
+async def test_api_cannot_read_keys_or_addresses(api_conn: asyncpg.Connection) -> None:
+    for query in (
+        "SELECT * FROM signatures",
+        "SELECT * FROM data_keys",
+        "SELECT wrapped FROM data_keys",
+        "SELECT email FROM erasure_requests",
+        "SELECT * FROM erasures",
+        "SELECT * FROM dedupe_key",
+        "SELECT * FROM dead_letter_replays",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await api_conn.fetch(query)
+    # and it cannot write signatures (they come through Kafka) nor change the schema
+    for statement in (
+        "DELETE FROM signatures",
+        "UPDATE signatures SET email = NULL",
+        "INSERT INTO campaigns (slug, title, target) VALUES ('x', 'x', 'x')",
+        "CREATE TABLE stolen (x int)",
+        "DROP TABLE signing_rates",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await api_conn.execute(statement)
+
+
+async def test_api_can_record_a_forget_request_it_cannot_read_back(
+    settings: Settings, api_conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await record_request(api_conn, b"h" * 32, "someone@example.org", "it")
+    assert await pool.fetchval("SELECT email FROM erasure_requests") == "someone@example.org"
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api_conn.fetchval("SELECT email FROM erasure_requests")
+
+
+async def test_worker_reads_and_writes_what_the_workers_need(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await _store_one(settings, pool)  # the persist worker, as signatures_worker
+    conn = await asyncpg.connect(settings.database_url_for("worker"))
+    try:
+        # the mail worker decrypts the address it sends to: blob and data keys
+        assert await conn.fetchval("SELECT count(*) FROM signatures WHERE pii IS NOT NULL") == 1
+        assert await conn.fetchval("SELECT count(*) FROM data_keys") >= 1
+        # but it changes no campaign, partner key or schema
+        for statement in (
+            "UPDATE campaigns SET title = 'changed'",
+            "DELETE FROM partners",
+            "DELETE FROM schema_migrations",
+            "CREATE TABLE stolen (x int)",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_operator_exports_the_signers(settings: Settings, pool: asyncpg.Pool) -> None:
+    await _store_one(settings, pool)
+    await pool.execute("UPDATE signatures SET state = 'confirmed'")
+    operator = await create_pool(settings.database_url_for("operator"), max_size=1)
+    try:
+        out = io.StringIO()
+        assert await export_csv(operator, REQUIRED_CAMPAIGN.slug, out, keys_for_tests()) == 1
+        assert "Giulia,Rossi" in out.getvalue()
+        for statement in ("DROP TABLE signing_rates", "DELETE FROM schema_migrations"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await operator.execute(statement)
+    finally:
+        await operator.close()
+
+
+async def test_api_role_confirms_and_removes(settings: Settings, pool: asyncpg.Pool) -> None:
+    """The confirmation page's two buttons, run as the API: confirmed and counted, then
+    "this wasn't me" erases the signature it cannot read the email hash of."""
+    submission_id, token = await _store_one(settings, pool)
+    api_pool = await create_pool(settings.database_url_for("api"), max_size=1)
+    try:
+        assert await use_token(api_pool, token, Action.CONFIRM) == (
+            Outcome.CONFIRMED,
+            REQUIRED_CAMPAIGN.slug,
+        )
+        assert (
+            await pool.fetchval(
+                "SELECT total FROM campaign_totals WHERE campaign = $1", REQUIRED_CAMPAIGN.slug
+            )
+            == 1
+        )
+        later = await new_token(
+            pool, submission_id, REQUIRED_CAMPAIGN.slug, now=datetime.now(UTC),
+            ttl=timedelta(days=1),
+        )  # fmt: skip
+        # a reminder's link, pressed "this wasn't me" after confirming: the signature
+        # stays counted (the API read its state, not who signed)
+        assert (await use_token(api_pool, later, Action.REMOVE))[0] is Outcome.ALREADY_CONFIRMED
+    finally:
+        await api_pool.close()
+
+
+async def test_api_role_removes_this_wasnt_me(settings: Settings, pool: asyncpg.Pool) -> None:
+    submission_id, token = await _store_one(settings, pool)
+    api_pool = await create_pool(settings.database_url_for("api"), max_size=1)
+    try:
+        assert await use_token(api_pool, token, Action.REMOVE) == (
+            Outcome.REMOVED,
+            REQUIRED_CAMPAIGN.slug,
+        )
+    finally:
+        await api_pool.close()
+    assert await pool.fetchval("SELECT count(*) FROM signatures") == 0
+    assert await pool.fetchval("SELECT count(*) FROM erasures") == 1
+    assert (
+        await pool.fetchval(
+            "SELECT reason FROM erased_submissions WHERE submission_id = $1", submission_id
+        )
+        == "erased"
+    )
+    assert await pool.fetchval("SELECT count(*) FROM confirmation_tokens") == 0
+
+
+async def test_no_login_is_made_of_a_user_that_may_create_roles(settings: Settings) -> None:
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        with contextlib.suppress(asyncpg.DuplicateObjectError):
+            await admin.execute("CREATE ROLE signatures_test_creator NOLOGIN CREATEROLE")
+    finally:
+        await admin.close()
+    bad = settings.model_copy(
+        update={"api_database_url": as_user(settings.database_url, "signatures_test_creator")}
+    )
+    with pytest.raises(LoginRefused, match="SIGNATURES_API_DATABASE_URL"):
+        await ensure_logins(settings.database_url, bad)
