@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from consumers.service import WorkerKind, run_worker
@@ -22,9 +26,10 @@ from runtime.campaigns import create_campaign
 from runtime.confirmation import Action, Outcome, new_token, use_token
 from runtime.db import create_pool
 from runtime.erasure_requests import record_request
+from runtime.mailbox import Mailbox
 from runtime.roles import LoginRefused, ensure_logins
 from runtime.settings import Settings
-from tests.conftest import as_user
+from tests.conftest import SERVICE_USERS, as_user
 from tests.helpers import (
     REQUIRED_CAMPAIGN,
     encode,
@@ -33,6 +38,7 @@ from tests.helpers import (
     submission,
     wait_until,
 )
+from tests.pipeline import running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +254,61 @@ async def test_no_login_is_made_of_a_user_that_may_create_roles(settings: Settin
     )
     with pytest.raises(LoginRefused, match="SIGNATURES_API_DATABASE_URL"):
         await ensure_logins(settings.database_url, bad)
+
+
+async def test_pipeline_runs_each_service_as_its_role(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Sign on the API, stored and counted by the workers, mailed by the mail worker,
+    confirmed on the page: every service connected as its role's login user."""
+    await create_campaign(pool, REQUIRED_CAMPAIGN)
+    slug = REQUIRED_CAMPAIGN.slug
+    email = f"giulia.{uuid.uuid4().hex[:8]}@example.org"
+    form = {
+        "first_name": "Giulia", "last_name": "Rossi", "email": email, "country": "IT",
+        "consent": "on", "language": "it", "submission_id": str(uuid.uuid4()),
+    }  # fmt: skip
+    with Mailbox(tmp_path / "mail") as mailbox:
+        s = settings.model_copy(
+            update={
+                "smtp_host": "127.0.0.1",
+                "smtp_port": mailbox.port,
+                "smtp_tls": "off",
+                "mail_from": "petizioni@example.org",
+                "public_url": "https://firme.example.org",
+            }
+        )
+        stop = asyncio.Event()
+        mail = asyncio.create_task(run_worker(WorkerKind.MAIL, s, stop))
+        try:
+            async with running_pipeline(s) as api, httpx.AsyncClient(base_url=api) as client:
+                signed = await client.post(f"/v1/campaigns/{slug}/signatures", data=form)
+                assert signed.status_code == 202
+                await wait_until(lambda: asyncio.sleep(0, len(mailbox.paths()) == 1), 60, 0.1)
+                [message] = mailbox.messages()
+                body = message.get_body(preferencelist=("plain",))
+                assert body is not None
+                found = re.search(r"https://firme\.example\.org(/confirm/\S+)", body.get_content())
+                assert found is not None
+                pressed = await client.post(
+                    found[1], data={"action": "confirm"}, headers={"accept": "application/json"}
+                )
+                assert pressed.json()["outcome"] == "confirmed"
+
+                async def counted() -> bool:
+                    totals = (await client.get(f"/v1/campaigns/{slug}/totals")).json()
+                    return bool(totals["total"] == 1)
+
+                await wait_until(counted, 30, 0.2)
+                users = {
+                    row["usename"]
+                    for row in await pool.fetch(
+                        "SELECT usename FROM pg_stat_activity WHERE datname = current_database()"
+                    )
+                }
+        finally:
+            stop.set()
+            await mail
+    # the owner is only the test's own pool, arranging and checking
+    owner = urlsplit(settings.database_url).username
+    assert users == {owner, SERVICE_USERS["api"], SERVICE_USERS["worker"]}
