@@ -39,6 +39,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.pipeline import running_pipeline
+from tests.test_cli import cli_env, signatures
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +313,43 @@ async def test_pipeline_runs_each_service_as_its_role(
     # the owner is only the test's own pool, arranging and checking
     owner = urlsplit(settings.database_url).username
     assert users == {owner, SERVICE_USERS["api"], SERVICE_USERS["worker"]}
+
+
+def test_migrate_makes_the_operators_login_and_their_commands_use_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    user = "signatures_test_cli_operator"
+    password = "pw-" + uuid.uuid4().hex
+    operator_url = as_user(database_url, f"{user}:{password}")
+    env = cli_env(database_url, tmp_path, SIGNATURES_OPERATOR_DATABASE_URL=operator_url)
+    migrated = signatures("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"operator connects as {user}" in migrated.stdout
+    assert password not in migrated.stdout + migrated.stderr
+
+    async def membership() -> tuple[list[str], bool, bool]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                """SELECT array_agg(g.rolname::text) AS groups, u.rolcanlogin,
+                          a.rolpassword IS NOT NULL AS has_password
+                   FROM pg_roles u JOIN pg_authid a ON a.oid = u.oid
+                   JOIN pg_auth_members m ON m.member = u.oid
+                   JOIN pg_roles g ON g.oid = m.roleid
+                   WHERE u.rolname = $1 GROUP BY u.rolcanlogin, a.rolpassword""",
+                user,
+            )
+            assert row is not None
+            return row["groups"], row["rolcanlogin"], row["has_password"]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(membership()) == (["signatures_operator"], True, True)
+    # an operator's command connects with the operator's URL: the owner's is unreachable
+    env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/nowhere"
+    created = signatures(
+        "campaign", "create", "--slug", "cecenia", "--title", "Cecenia", "--target", "x",
+        "--goal", "1000",
+        env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
