@@ -116,7 +116,7 @@ $$;
 REVOKE ALL ON FUNCTION confirmation_email_hash(bytea, text), erase_suppress(bytea, text),
     erase_signatures(bytea, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION confirmation_email_hash(bytea, text), erase_suppress(bytea, text),
-    erase_signatures(bytea, text) TO signatures_api, signatures_worker, signatures_operator;
+    erase_signatures(bytea, text) TO signatures_api, signatures_operator;
 
 -- ---------------------------------------------------------------------------------------
 -- The workers: persist, counter, mail, retention
