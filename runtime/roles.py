@@ -5,8 +5,9 @@
 `signatures migrate` (and `up`), connected as the owner, makes the user named in each of
 SIGNATURES_API_DATABASE_URL, SIGNATURES_WORKER_DATABASE_URL and
 SIGNATURES_OPERATOR_DATABASE_URL a login member of that role only, with the URL's password
-(none: the server's authentication decides, as with local trust). A URL left unset, or
-naming the owner itself, is left alone: that service keeps connecting as the owner.
+(a URL without one leaves the user's password as it is: none for a new user, as with
+local trust authentication). A URL left unset, or naming the owner itself, is left alone:
+that service keeps connecting as the owner.
 """
 
 from __future__ import annotations
@@ -86,14 +87,15 @@ async def ensure_logins(owner_url: str, settings: Settings) -> list[Login]:
                     "other roles too; name a user of its own"
                 )
             # CREATE/ALTER ROLE take no parameters: the password goes in as a literal,
-            # quoted by the server's own function, and is never logged.
-            secret = (
-                await conn.fetchval("SELECT quote_literal($1::text)", password)
+            # quoted by the server's own function, and is never logged. A URL without one
+            # leaves the user's password as it is (a .pgpass file, say, or none for trust).
+            clause = (
+                " PASSWORD " + await conn.fetchval("SELECT quote_literal($1::text)", password)
                 if password is not None
-                else "NULL"
+                else ""
             )
             verb = "CREATE" if row is None else "ALTER"
-            await conn.execute(f"{verb} ROLE {_quoted(user)} LOGIN PASSWORD {secret}")
+            await conn.execute(f"{verb} ROLE {_quoted(user)} LOGIN{clause}")
             await conn.execute(f"GRANT {group} TO {_quoted(user)}")
             done.append(Login(service, user, row is None))
     finally:

@@ -345,6 +345,12 @@ def test_migrate_makes_the_operators_login_and_their_commands_use_it(
             await conn.close()
 
     assert asyncio.run(membership()) == (["signatures_operator"], True, True)
+    # again, with a URL without the password (a .pgpass file has it): it is kept
+    env["SIGNATURES_OPERATOR_DATABASE_URL"] = as_user(database_url, user)
+    again = signatures("migrate", env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"operator connects as {user} (updated)" in again.stdout
+    assert asyncio.run(membership()) == (["signatures_operator"], True, True)
     # an operator's command connects with the operator's URL: the owner's is unreachable
     env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/nowhere"
     created = signatures(
