@@ -77,7 +77,7 @@ async def run_worker(
     topics = Topics.from_settings(settings)
     # the mail worker's senders each hold a connection while they claim and record
     senders = settings.mail_concurrency if kind is WorkerKind.MAIL else 0
-    pool = await create_pool(settings.database_url, max_size=2 + senders)
+    pool = await create_pool(settings.database_url_for("worker"), max_size=2 + senders)
     producer = make_producer(settings)
     handler: BatchHandler
     poller: asyncio.Task[None] | None = None

@@ -72,7 +72,9 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         nonlocal state
         pool = await create_pool(
-            settings.database_url, max_size=4, acquire_timeout=settings.db_acquire_timeout_s
+            settings.database_url_for("api"),
+            max_size=4,
+            acquire_timeout=settings.db_acquire_timeout_s,
         )
         producer = make_producer(settings)
         try:

@@ -93,7 +93,7 @@ def forget(
         raise typer.Exit(2) from None
 
     async def go() -> Erasure:
-        pool = await create_pool(s.database_url, max_size=1)
+        pool = await create_pool(s.database_url_for("operator"), max_size=1)
         try:
             return await forget_person(s, pool, secret, address, campaign)
         finally:
@@ -172,7 +172,7 @@ def retention_run(
         return
 
     async def go() -> list[Anonymised]:
-        pool = await create_pool(s.database_url, max_size=1)
+        pool = await create_pool(s.database_url_for("worker"), max_size=1)
         try:
             return await run_retention(pool, datetime.now(UTC), dry_run=dry_run)
         finally:
@@ -200,7 +200,7 @@ async def _repeat(s: Settings, interval_s: float) -> None:
     try:
         while not stop.is_set():
             try:
-                pool = pool or await create_pool(s.database_url, max_size=1)
+                pool = pool or await create_pool(s.database_url_for("worker"), max_size=1)
                 done = await run_retention(pool, datetime.now(UTC))
                 log.info("retention_run", campaigns=len(done))
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:

@@ -48,7 +48,7 @@ def _run(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     from runtime.db import create_pool  # noqa: PLC0415 - fast `--help`
 
     async def main() -> T:
-        pool = await create_pool(settings.database_url, max_size=1)
+        pool = await create_pool(settings.database_url_for("operator"), max_size=1)
         try:
             return await use(pool)
         finally:

@@ -97,17 +97,27 @@ def run(coro: Callable[[], Awaitable[T]]) -> T:
 
 @app.command()
 def migrate() -> None:
-    """Create the database if needed and apply the schema migrations."""
+    """Create the database if needed, apply the schema migrations, and make the users of
+    SIGNATURES_{API,WORKER,OPERATOR}_DATABASE_URL login members of their roles."""
     from runtime.db import apply_migrations, ensure_database
+    from runtime.roles import Login, LoginRefused, ensure_logins
 
     s = settings()
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], list[Login]]:
         await ensure_database(s.database_url)
-        return await apply_migrations(s.database_url)
+        applied = await apply_migrations(s.database_url)
+        return applied, await ensure_logins(s.database_url, s)
 
-    applied = run(go)
+    try:
+        applied, logins = run(go)
+    except LoginRefused as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
     out.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    for login in logins:
+        verb = "created" if login.created else "updated"
+        out.print(f"{login.service} connects as {login.user} ({verb})")
 
 
 @app.command()
@@ -985,7 +995,7 @@ def schema() -> None:
 async def _with_pool(s: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     from runtime.db import create_pool
 
-    pool = await create_pool(s.database_url, max_size=1)
+    pool = await create_pool(s.database_url_for("operator"), max_size=1)
     try:
         return await use(pool)
     finally:

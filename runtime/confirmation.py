@@ -159,8 +159,9 @@ async def use_token(pool: asyncpg.Pool, token: str, action: Action) -> tuple[Out
             # signature goes the way of every erasure (runtime/erasure.py): deleted with
             # its tokens and emails, and suppressed for this campaign, so no replay brings
             # it back; the owner may still sign for themselves.
+            # through a function of the owner: the API may not read email hashes
             email_hash = await conn.fetchval(
-                "SELECT email_hash FROM signatures WHERE submission_id = $1", submission_id
+                "SELECT confirmation_email_hash($1, $2)", token_hash(token), campaign
             )
             erased = await erase(conn, email_hash, campaign) if email_hash else None
             outcome = Outcome.REMOVED if erased and erased.signatures else Outcome.ALREADY_USED

@@ -77,22 +77,11 @@ async def lock_for_storing(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", ERASURE_LOCK)
 
 
-_SUPPRESS = """
-INSERT INTO erasures (email_hash, campaign, erased_at) VALUES ($1, $2, clock_timestamp())
-ON CONFLICT (email_hash, campaign) DO UPDATE SET erased_at = excluded.erased_at
-RETURNING erased_at
-"""
+# Both run as their owner (schemas/migrations/0011_roles.sql): the API's pages erase
+# without being allowed to read anyone's email hash.
+_SUPPRESS = "SELECT erase_suppress($1, $2)"
 
-_DELETE = """
-DELETE FROM signatures
-WHERE submission_id IN (
-    SELECT submission_id FROM signatures
-    WHERE email_hash = $1 AND ($2::text IS NULL OR campaign = $2)
-    ORDER BY submission_id
-    FOR UPDATE
-)
-RETURNING submission_id, campaign, country, source, state, counted
-"""
+_DELETE = "SELECT * FROM erase_signatures($1, $2)"
 
 _RECORD = """
 INSERT INTO erased_submissions (submission_id, campaign, reason)

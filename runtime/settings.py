@@ -30,6 +30,10 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"\*|(\*\.)?{_LABEL}(\.{_LABEL})*")
 
 
+# The kinds of service, each with its database role (schemas/migrations/0011_roles.sql).
+Service = Literal["api", "worker", "operator"]
+
+
 class ConfigError(Exception):
     """A configuration problem, already phrased as one line per variable."""
 
@@ -52,6 +56,22 @@ class Settings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/signatures",
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="PostgreSQL connection URL",
+    )
+    # Least privilege (README "Database roles"): each kind of service may connect as its own
+    # login user, a member of the group role the migrations grant (0011_roles.sql).
+    api_database_url: str | None = Field(
+        default=None,
+        description="The API's connection URL (a member of signatures_api); unset: DATABASE_URL",
+    )
+    worker_database_url: str | None = Field(
+        default=None,
+        description="The persist, count and mail workers' and retention's URL (a member of "
+        "signatures_worker); unset: DATABASE_URL",
+    )
+    operator_database_url: str | None = Field(
+        default=None,
+        description="The operators' commands' URL (a member of signatures_operator); "
+        "unset: DATABASE_URL",
     )
     dedupe_secret: SecretStr | None = Field(
         default=None,
@@ -144,12 +164,30 @@ class Settings(BaseSettings):
     pii_topic_retention: DurationText = "7d"
     retention_interval: DurationText = "1h"
 
-    @field_validator("database_url")
+    @field_validator(
+        "api_database_url", "worker_database_url", "operator_database_url", mode="before"
+    )
     @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes unset variables as ""
+
+    @field_validator(
+        "database_url", "api_database_url", "worker_database_url", "operator_database_url"
+    )
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql://")
         return value
+
+    def database_url_for(self, service: Service) -> str:
+        """The URL a kind of service connects with: its own, or DATABASE_URL (the owner)."""
+        own = {
+            "api": self.api_database_url,
+            "worker": self.worker_database_url,
+            "operator": self.operator_database_url,
+        }[service]
+        return own or self.database_url
 
     @field_validator("dedupe_secret")
     @classmethod

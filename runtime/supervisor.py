@@ -33,6 +33,7 @@ from runtime.db import apply_migrations, create_pool, ensure_database
 from runtime.logs import get_logger
 from runtime.mailbox import Mailbox
 from runtime.pii import DataKeys
+from runtime.roles import ensure_logins
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
@@ -205,6 +206,7 @@ async def running_stack(
             log.info("database_created")
         applied = await apply_migrations(settings.database_url)
         log.info("migrations", applied=applied)
+        await _ensure_logins(settings)
         await encrypt_stored_plaintext(settings)
         await ensure_topics(settings, settings.kafka_bootstrap_servers or "")
         await stack.spawn("api", "api", "--host", host, "--port", str(port))
@@ -222,6 +224,12 @@ async def running_stack(
             await asyncio.to_thread(mailbox.stop)
         if broker is not None:
             await asyncio.to_thread(broker.stop)
+
+
+async def _ensure_logins(settings: Settings) -> None:
+    """The services' login users, for those given a database URL of their own."""
+    for login in await ensure_logins(settings.database_url, settings):
+        log.info("database_login", service=login.service, created=login.created)
 
 
 async def encrypt_stored_plaintext(settings: Settings) -> None:

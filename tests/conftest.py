@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 
 from runtime.broker import EmbeddedBroker
 from runtime.db import apply_migrations, create_pool
+from runtime.roles import ensure_logins
 from runtime.settings import Settings
 from runtime.topics import ensure_topics
 
@@ -106,8 +108,41 @@ def make_settings(database_url: str, bootstrap: str, **overrides: object) -> Set
     return Settings(**values)  # type: ignore[arg-type]
 
 
+# The login users the services connect as, one per role (schemas/migrations/0011_roles.sql);
+# cluster-wide, like the roles, and without a password (the test server trusts 127.0.0.1).
+SERVICE_USERS = {
+    "api": "signatures_test_api",
+    "worker": "signatures_test_worker",
+    "operator": "signatures_test_operator",
+}
+
+
+def as_user(database_url: str, user: str) -> str:
+    parts = urlsplit(database_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+async def under_roles(s: Settings) -> Settings:
+    """The settings with every kind of service connecting as its own role's login user."""
+    update = {
+        f"{service}_database_url": as_user(s.database_url, user)
+        for service, user in SERVICE_USERS.items()
+    }
+    roled = s.model_copy(update=update)
+    for _ in range(3):  # tests of other processes may create the same users at once
+        try:
+            await ensure_logins(s.database_url, roled)
+            break
+        except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            continue
+    return roled
+
+
 @pytest.fixture
 async def settings(database_url: str, kafka_bootstrap: str) -> Settings:
-    s = make_settings(database_url, kafka_bootstrap)
+    """Every service the test starts (API, workers, operators' commands) connects as its
+    role's login user; the `pool` fixture stays the owner, for arranging and checking."""
+    s = await under_roles(make_settings(database_url, kafka_bootstrap))
     await ensure_topics(s, kafka_bootstrap)
     return s

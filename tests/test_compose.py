@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import yaml
 from prometheus_client import REGISTRY
 
 import consumers.metrics
@@ -29,6 +30,8 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
             "POSTGRES_PASSWORD",
             "SIGNATURES_SMTP_PASSWORD",
             "SIGNATURES_MASTER_KEY",
+            "SIGNATURES_API_DB_PASSWORD",
+            "SIGNATURES_WORKER_DB_PASSWORD",
         )
     }
     return subprocess.run(
@@ -47,6 +50,8 @@ SECRETS = {
     "POSTGRES_PASSWORD": "pw",
     "SIGNATURES_SMTP_PASSWORD": "smtp-pw",
     "SIGNATURES_MASTER_KEY": "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=",
+    "SIGNATURES_API_DB_PASSWORD": "api-pw",
+    "SIGNATURES_WORKER_DB_PASSWORD": "worker-pw",
 }
 
 
@@ -86,6 +91,43 @@ def test_every_app_service_shares_one_configuration() -> None:
         assert f"\n  {service}" in text
     assert text.count("*signatures-env") >= 5
     assert "service_healthy" in text and "pg_isready" in text
+
+
+def test_compose_refuses_to_run_without_the_services_database_passwords() -> None:
+    for name in ("SIGNATURES_API_DB_PASSWORD", "SIGNATURES_WORKER_DB_PASSWORD"):
+        done = compose_config(**{**SECRETS, name: ""})
+        assert done.returncode != 0
+        assert name in done.stderr
+
+
+def test_only_migrate_connects_as_the_owner() -> None:
+    binary = shutil.which("docker-compose")
+    assert binary
+    config = yaml.safe_load(
+        subprocess.run(
+            [binary, "config"],
+            cwd=ROOT,
+            env={**os.environ, **SECRETS},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    roles = {
+        "api": "signatures_api_login",
+        "persist": "signatures_worker_login",
+        "counter": "signatures_worker_login",
+        "mail-worker": "signatures_worker_login",
+        "retention": "signatures_worker_login",
+    }
+    for service, user in roles.items():
+        env = config["services"][service]["environment"]
+        assert "DATABASE_URL" not in env, service
+        urls = [v for k, v in env.items() if k.endswith("_DATABASE_URL") and v]
+        assert len(urls) == 1 and f"//{user}:" in urls[0], service
+    owner = config["services"]["migrate"]["environment"]["DATABASE_URL"]
+    assert owner.startswith("postgresql://postgres:")
 
 
 def test_monitoring_profile_is_valid() -> None:
