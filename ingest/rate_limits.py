@@ -1,4 +1,5 @@
-"""Rate limits on the signing endpoints: per client address, per partner key, per campaign.
+"""Rate limits on the signing endpoints: per client address, per partner key, per campaign
+(and on forget requests, which send emails: per client address).
 
 A person signs once; a script signs thousands of times. Past a limit the API answers 429
 with `Retry-After` and the usual error body, before reading the request's body. Limits are
@@ -49,6 +50,7 @@ LIMITER_ERRORS = Counter(
 )
 
 _SIGNING = re.compile(r"^/v1/campaigns/([a-z0-9][a-z0-9-]{0,62})/signatures(/batch)?$")
+_FORGET_REQUESTS = "/v1/erasure-requests"
 _STORAGE_TIMEOUT_S = 0.5
 _SWEEP_EVERY_S = 1.0
 _READ_AT_MOST = 16_384
@@ -122,8 +124,9 @@ class RateLimits:
         }
         self._warned_at = 0.0
 
-    async def check(self, scope: Scope, campaign: str) -> Answer | None:
-        """None to let the request through, else the 429 to answer."""
+    async def check(self, scope: Scope, campaign: str | None) -> Answer | None:
+        """None to let the request through, else the 429 to answer. A request for no
+        campaign (a forget request) counts against its client and key only."""
         address = self._addresses.address(scope)
         subjects = [
             ("client", self._addresses.limit_subject(address) if address else None),
@@ -175,7 +178,12 @@ class RateLimited:
             return
         match: Any = None
         if self.limits.enabled and scope["type"] == "http" and scope["method"] == "POST":
-            match = _SIGNING.match(scope["path"])
+            if scope["path"] == _FORGET_REQUESTS:  # each sends an email: limited like signing
+                if refused := await self.limits.check(scope, None):
+                    await send_answer(send, refused)
+                    return
+            else:
+                match = _SIGNING.match(scope["path"])
         if match is not None and (refused := await self.limits.check(scope, match[1])):
             if match[2] is None:  # one signature: read, so a browser's form comes back filled
                 await _read_small_body(scope, receive)

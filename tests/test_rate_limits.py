@@ -211,3 +211,18 @@ async def test_a_hit_stays_cheap_with_many_clients_known() -> None:
         await asyncio.sleep(0)  # as between requests: the sweep task may run
     per_hit = (time.perf_counter() - started) / 2_000
     assert per_hit < 100e-6, f"{per_hit * 1e6:.0f} µs a hit"
+
+
+@pytest.mark.integration
+async def test_forget_requests_count_against_the_client_limit(
+    settings: Settings, campaign: str
+) -> None:
+    # each forget request may send an email: one address may not send them by the thousand
+    tuned = settings.model_copy(update={**GENEROUS, "rate_limit_client": "2/hour"})
+    async with serving_api(tuned) as api, httpx.AsyncClient(base_url=api, timeout=30) as client:
+        answers = [
+            await client.post("/v1/erasure-requests", json={"email": f"p{n}@example.org"})
+            for n in range(3)
+        ]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert_refused(answers[2], "429 (client): rate_limited")
