@@ -6,14 +6,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Fonts of the delivery PDF (`signatures export --for-target --format pdf`; ops/delivery_pdf.py
+# reads them from /usr/share/fonts/truetype).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        fonts-noto-core fonts-wqy-microhei fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
-# Package metadata first, then the sources; installed as a regular (non-editable) package.
+# Package metadata first, then every package pyproject.toml declares; installed as a
+# regular (non-editable) package. tests/test_image.py builds this same context and install.
 COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY schemas ./schemas
 COPY ingest ./ingest
 COPY consumers ./consumers
+COPY ops ./ops
+COPY bench ./bench
 RUN pip install . \
     && rm -rf build ./*.egg-info
 
