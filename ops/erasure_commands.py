@@ -21,10 +21,12 @@ from rich.console import Console
 from consumers.service import install_stop_signals
 from ops.retention import Anonymised, run_retention
 from runtime.abuse_settings import duration_ms
+from runtime.commands import command_settings as _settings
+from runtime.commands import run_with_pool
 from runtime.db import DedupeKeyMismatch, check_dedupe_key, create_pool
 from runtime.erasure import Erasure, erase, person_hash
-from runtime.logs import configure_logging, get_logger
-from runtime.settings import ConfigError, Settings, load_settings
+from runtime.logs import get_logger
+from runtime.settings import ConfigError, Settings
 
 log = get_logger("ops.erasure")
 out = Console()
@@ -33,12 +35,6 @@ retention_app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object")]
-
-
-def _settings() -> Settings:
-    loaded = load_settings()
-    configure_logging(loaded.log_format, loaded.log_level)
-    return loaded
 
 
 def dedupe_secret(s: Settings) -> bytes:
@@ -92,15 +88,8 @@ def forget(
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    async def go() -> Erasure:
-        pool = await create_pool(s.database_url_for("operator"), max_size=1)
-        try:
-            return await forget_person(s, pool, secret, address, campaign)
-        finally:
-            await pool.close()
-
     try:
-        erasure = asyncio.run(go())
+        erasure = run_with_pool(s, lambda pool: forget_person(s, pool, secret, address, campaign))
     except (ValidationError, PydanticCustomError, ValueError):
         typer.echo("--email: not a valid email address", err=True)  # never the value
         raise typer.Exit(2) from None

@@ -7,7 +7,6 @@ personal data. The README ("Encryption at rest") gives the rotation procedure.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -18,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.keys import Moved, Progress, campaigns, encrypt_plaintext, key_status, reencrypt, rewrap
-from runtime.logs import configure_logging
+from runtime.commands import command_settings as _settings
+from runtime.commands import run_with_pool as _run
 from runtime.pii import DataKeys, new_master_key
 from runtime.progress import progress_bar
-from runtime.settings import Settings, load_settings
 
 keys_app = typer.Typer(
     help="Encryption keys of signers' personal data: generate, status, rotate, encrypt.",
@@ -34,28 +33,6 @@ T = TypeVar("T")
 CampaignOption = Annotated[
     str | None, typer.Option("--campaign", help="Only this campaign (default: every one)")
 ]
-
-
-def _settings() -> Settings:
-    loaded = load_settings()
-    configure_logging(loaded.log_format, loaded.log_level)
-    return loaded
-
-
-def _run(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    import uvloop  # noqa: PLC0415 - as every command runs: on uvloop
-
-    from runtime.db import create_pool  # noqa: PLC0415 - fast `--help`
-
-    async def main() -> T:
-        pool = await create_pool(settings.database_url_for("operator"), max_size=1)
-        try:
-            return await use(pool)
-        finally:
-            await pool.close()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
 
 
 @keys_app.command("generate")

@@ -6,20 +6,17 @@ address prefixes and email domains, never an email or a name.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
-import asyncpg
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ops.review import Held, NoFilter, ReviewOutcome, Selection, apply_review, held_for_review
-from runtime.logs import configure_logging
-from runtime.settings import Settings, load_settings
+from runtime.commands import command_settings as _settings
+from runtime.commands import run_with_pool as _run
 from schemas.flags import Flag, Review
 
 review_app = typer.Typer(
@@ -51,28 +48,6 @@ DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Show how many signatures it would touch; change nothing")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object")]
-
-
-def _settings() -> Settings:
-    loaded = load_settings()
-    configure_logging(loaded.log_format, loaded.log_level)
-    return loaded
-
-
-def _run(settings: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    import uvloop  # noqa: PLC0415 - as every command runs: on uvloop
-
-    from runtime.db import create_pool  # noqa: PLC0415 - fast `--help`
-
-    async def main() -> T:
-        pool = await create_pool(settings.database_url_for("operator"), max_size=1)
-        try:
-            return await use(pool)
-        finally:
-            await pool.close()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
 
 
 def _utc(value: datetime | None) -> datetime | None:

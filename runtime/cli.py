@@ -22,9 +22,12 @@ from rich.table import Table
 from ops.erasure_commands import forget, retention_app
 from ops.key_commands import keys_app
 from ops.review_commands import review_app
-from runtime.logs import configure_logging, get_logger
+from runtime.commands import command_settings as settings
+from runtime.commands import run
+from runtime.commands import with_pool as _with_pool
+from runtime.logs import get_logger
 from runtime.pii import KeyProblem
-from runtime.settings import ConfigError, Settings, load_settings
+from runtime.settings import ConfigError, Settings
 
 app = typer.Typer(
     name="signatures",
@@ -64,12 +67,6 @@ RetainDaysOption = Annotated[int, typer.Option(help=RETAIN_DAYS_HELP)]
 Port = Annotated[int | None, typer.Option(help="Port to listen on [SIGNATURES_API_PORT]")]
 
 
-def settings() -> Settings:
-    loaded = load_settings()
-    configure_logging(loaded.log_format, loaded.log_level)
-    return loaded
-
-
 def tune_gc_for_throughput() -> None:
     """For the long-running services, once their imports are done.
 
@@ -81,18 +78,6 @@ def tune_gc_for_throughput() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-
-
-def run(coro: Callable[[], Awaitable[T]]) -> T:
-    """Run a command on uvloop, as the API runs: its transports and scheduling are C, which
-    takes about a tenth off a persist worker's CPU per message (measured here)."""
-    import uvloop
-
-    async def main() -> T:
-        return await coro()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
 
 
 @app.command()
@@ -990,16 +975,6 @@ def schema() -> None:
     from schemas.submission import Submission
 
     typer.echo(json.dumps(Submission.model_json_schema(), indent=2))
-
-
-async def _with_pool(s: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    from runtime.db import create_pool
-
-    pool = await create_pool(s.database_url_for("operator"), max_size=1)
-    try:
-        return await use(pool)
-    finally:
-        await pool.close()
 
 
 def main() -> None:
