@@ -74,6 +74,8 @@ class TlsFront:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
                 up_writer.close()
+        except asyncio.CancelledError:
+            pass  # stopped: asyncio's stream server logs a cancelled handler as an error
         finally:
             writer.close()
             self._tasks.discard(task)
