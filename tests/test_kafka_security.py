@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from runtime.kafka import security_options
-from runtime.settings import ConfigError, Settings, load_settings
+from runtime.settings import ConfigError, Settings, load_settings, settings_env
 from runtime.topics import topic_specs
 from tests.tls import Authority, Issued
 
@@ -123,6 +123,32 @@ def test_every_protocol_and_mechanism(
         assert ca_subjects(context) == [((("commonName", ca.name),),)]
     else:
         assert context is None
+
+
+def test_child_processes_connect_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, pki: tuple[Authority, Issued]
+) -> None:
+    """`up` starts the workers with the settings as environment variables."""
+    ca, client = pki
+    s = env(
+        monkeypatch,
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+        KAFKA_SASL_USERNAME="u",
+        KAFKA_SASL_PASSWORD=PASSWORD,
+        KAFKA_SSL_CAFILE=ca.cert,
+        KAFKA_SSL_CERTFILE=client.cert,
+        KAFKA_SSL_KEYFILE=client.key,
+        SIGNATURES_REPLICATION_FACTOR="3",
+    )
+    for name in KAFKA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    child = env(monkeypatch, **settings_env(s))
+    fields = [name.lower().removeprefix("signatures_") for name in KAFKA_VARIABLES]
+    assert {f: getattr(child, f) for f in fields} == {f: getattr(s, f) for f in fields}
+    assert child.kafka_sasl_password is not None
+    assert child.kafka_sasl_password.get_secret_value() == PASSWORD
+    assert child.min_isr() == 2
 
 
 def test_tls_without_a_ca_file_trusts_the_system_cas(monkeypatch: pytest.MonkeyPatch) -> None:
