@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -32,10 +35,8 @@ def security_options(settings: Settings) -> dict[str, Any]:
     protocol = settings.kafka_security_protocol
     options: dict[str, Any] = {"security_protocol": protocol}
     if protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
+        options["ssl_context"] = tls_context(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
         )
     if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         if settings.kafka_sasl_password is None:  # Settings refuses it; for the type checker
@@ -45,6 +46,14 @@ def security_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+@functools.cache
+def tls_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    """One context per process and set of files, shared by its clients: loading the
+    system's CAs takes tens of milliseconds, too long to repeat on every reconnection."""
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    return context
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

@@ -177,7 +177,9 @@ def test_client_certificate(monkeypatch: pytest.MonkeyPatch, pki: tuple[Authorit
         KAFKA_SSL_CERTFILE=client.cert,
         KAFKA_SSL_KEYFILE=client.key,
     )
-    assert isinstance(security_options(s)["ssl_context"], ssl.SSLContext)
+    context = security_options(s)["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert security_options(s)["ssl_context"] is context  # loaded once, shared by clients
 
 
 def test_refused_tls_files(
