@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from runtime.kafka import security_options
+from runtime.kafka import make_producer, security_options
 from runtime.settings import ConfigError, Settings, load_settings, settings_env
 from runtime.topics import topic_specs
 from tests.tls import Authority, Issued
@@ -312,3 +312,19 @@ def test_min_insync_replicas_above_the_replicas_is_refused(
     assert refused(monkeypatch, SIGNATURES_REPLICATION_FACTOR="0") == [
         "SIGNATURES_REPLICATION_FACTOR: Input should be greater than or equal to 1"
     ]
+
+
+@pytest.mark.parametrize("idempotence", [False, True])
+async def test_producers_wait_for_every_in_sync_replica(
+    monkeypatch: pytest.MonkeyPatch, idempotence: bool
+) -> None:
+    s = env(
+        monkeypatch,
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+        SIGNATURES_KAFKA_ENABLE_IDEMPOTENCE=str(idempotence).lower(),
+    )
+    producer = make_producer(s)
+    try:
+        assert producer._sender._acks == -1  # acks="all", as aiokafka stores it
+    finally:
+        await producer.stop()
