@@ -292,7 +292,7 @@ class Settings(BaseSettings):
             )
         if info.field_name == "kafka_ssl_cafile" and value is not None:
             try:
-                ssl.create_default_context(cafile=value)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
             except (ssl.SSLError, ValueError):
                 raise ValueError("not a PEM file of CA certificates") from None
         if info.field_name == "kafka_ssl_keyfile":
@@ -305,10 +305,11 @@ class Settings(BaseSettings):
                 raise ValueError("set without KAFKA_SSL_CERTFILE (the key's certificate)")
             if certfile is not None:
                 try:  # a password callback: an encrypted key fails here, never prompts
-                    ssl.create_default_context().load_cert_chain(certfile, value, _no_password)
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.load_cert_chain(certfile, value, _no_password)
                 except ssl.SSLError:
                     raise ValueError(
-                        "not the unencrypted PEM key of KAFKA_SSL_CERTFILE's certificate"
+                        "not the unencrypted PEM key of the PEM certificate in KAFKA_SSL_CERTFILE"
                     ) from None
         return value
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from runtime.kafka import make_producer, security_options
@@ -209,8 +210,22 @@ def test_refused_tls_files(
         KAFKA_SSL_CERTFILE=client.cert,
         KAFKA_SSL_KEYFILE=other.key,
     ) == [
-        "KAFKA_SSL_KEYFILE: Value error, not the unencrypted PEM key of KAFKA_SSL_CERTFILE's "
-        "certificate"
+        "KAFKA_SSL_KEYFILE: Value error, not the unencrypted PEM key of the PEM certificate in "
+        "KAFKA_SSL_CERTFILE"
+    ]
+    # an encrypted key is refused at start, never prompted for
+    key = serialization.load_pem_private_key(client.key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"key password"),
+        )
+    )
+    assert refused(monkeypatch, KAFKA_SSL_KEYFILE=encrypted) == [
+        "KAFKA_SSL_KEYFILE: Value error, not the unencrypted PEM key of the PEM certificate in "
+        "KAFKA_SSL_CERTFILE"
     ]
     for protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):  # TLS files without TLS
         monkeypatch.delenv("KAFKA_SSL_CERTFILE", raising=False)
