@@ -324,6 +324,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    def require_plaintext_for_embedded_broker(self) -> None:
+        """The embedded broker speaks PLAINTEXT only (tansu cannot serve TLS or take SASL
+        users): with other Kafka security settings, KAFKA_BOOTSTRAP_SERVERS must name the
+        cluster they are meant for, rather than the clients failing to reach a local one."""
+        if self.kafka_bootstrap_servers is None and self.kafka_security_protocol != "PLAINTEXT":
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL: {self.kafka_security_protocol}, but "
+                "KAFKA_BOOTSTRAP_SERVERS is not set (the embedded broker speaks PLAINTEXT only)"
+            )
+
     def min_isr(self) -> int:
         """min.insync.replicas of the topics: as set, or 1 for one replica, else one less
         than the replication factor."""

@@ -4,7 +4,10 @@ is refused at start with one line per variable; the SASL password is never shown
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +346,27 @@ async def test_producers_wait_for_every_in_sync_replica(
         assert producer._sender._acks == -1  # acks="all", as aiokafka stores it
     finally:
         await producer.stop()
+
+
+def test_up_refuses_tls_or_sasl_with_the_embedded_broker(tmp_path: Path) -> None:
+    """tansu speaks PLAINTEXT only: `up` without KAFKA_BOOTSTRAP_SERVERS says so at once
+    instead of starting everything and failing to connect."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in KAFKA_VARIABLES and name != "KAFKA_BOOTSTRAP_SERVERS"
+    }
+    env |= {"KAFKA_SECURITY_PROTOCOL": "SSL", "SIGNATURES_STATE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "up", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "configuration error: KAFKA_SECURITY_PROTOCOL: SSL, but KAFKA_BOOTSTRAP_SERVERS is "
+        "not set (the embedded broker speaks PLAINTEXT only)"
+    ]
