@@ -23,7 +23,7 @@ from bench.data import CAMPAIGN, DataSet, prepare, produce_backlog
 from consumers.service import MEASURE_WITHOUT_ENCRYPTION
 from runtime.campaigns import counted_rows
 from runtime.db import create_pool
-from runtime.kafka import make_consumer, read_to_end
+from runtime.kafka import client_options, make_consumer, read_to_end
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import Confirmation
@@ -93,7 +93,7 @@ def cpu_by_component(workers: list[int], counter: int) -> dict[str, float]:
 
 
 async def _group_stable(settings: Settings, members: int) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         [response] = await admin.describe_consumer_groups([settings.persist_group])

@@ -43,6 +43,7 @@ async def _broker(settings: Settings) -> AsyncIterator[Settings]:
     if settings.kafka_bootstrap_servers:
         yield settings
         return
+    settings.require_plaintext_for_embedded_broker()
     broker = EmbeddedBroker()
     await asyncio.to_thread(broker.start)
     try:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from runtime.settings import Settings
@@ -20,9 +24,46 @@ def bootstrap_of(settings: Settings) -> str:
     return settings.kafka_bootstrap_servers
 
 
+def security_options(settings: Settings) -> dict[str, Any]:
+    """How every Kafka client of the pipeline (producer, consumer, admin) connects: the
+    keyword arguments of aiokafka's clients for KAFKA_SECURITY_PROTOCOL and its companions.
+
+    Only what the protocol uses is passed; Settings has refused the other combinations.
+    TLS verifies the brokers' certificates and host names, against KAFKA_SSL_CAFILE or else
+    the system's CAs (a managed service's certificates are publicly signed).
+    """
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = tls_context(
+            settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile
+        )
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if settings.kafka_sasl_password is None:  # Settings refuses it; for the type checker
+            raise ValueError("KAFKA_SASL_PASSWORD: not set")
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        # aiokafka's names; PLAIN and both SCRAMs take them alike
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+@functools.cache
+def tls_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    """One context per process and set of files, shared by its clients: loading the
+    system's CAs takes tens of milliseconds, too long to repeat on every reconnection."""
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    return context
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Where and how to connect: what every client is built with."""
+    return {"bootstrap_servers": bootstrap_of(settings), **security_options(settings)}
+
+
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_of(settings),
+        **client_options(settings),
         "acks": "all",
         "enable_idempotence": settings.kafka_enable_idempotence,
         "linger_ms": settings.producer_linger_ms,
@@ -38,7 +79,7 @@ def make_consumer(
     settings: Settings, group_id: str | None, topics: Iterable[str] = (), **overrides: Any
 ) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_of(settings),
+        **client_options(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         # A new group must start at the backlog, never skip it (aiokafka defaults to latest).

@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.abuse_settings import (
@@ -33,6 +42,12 @@ _HOST_NAME = re.compile(rf"\*|(\*\.)?{_LABEL}(\.{_LABEL})*")
 # The kinds of service, each with its database role (schemas/migrations/0011_roles.sql).
 Service = Literal["api", "worker", "operator"]
 
+# How the Kafka clients reach the brokers (Kafka's own names; runtime/kafka.py maps them).
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS = ("SSL", "SASL_SSL")
+
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as one line per variable."""
@@ -45,12 +60,60 @@ class Settings(BaseSettings):
     live under the `SIGNATURES_` prefix.
     """
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+    # hide_input_in_errors: a rejected value (a password among them) is never echoed
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
         description="host:port[,host:port]; unset means `up`/`demo` start the embedded broker",
+    )
+    # Security of the Kafka connections, for every producer, consumer and admin client
+    # (runtime/kafka.py `security_options`). Declared in this order: each one's check reads
+    # the ones above it.
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+        validate_default=True,
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (managed services: SASL_SSL)",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
+        validate_default=True,
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; with the SASL protocols only",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username"),
+        validate_default=True,
+        description="with the SASL protocols only (an API key's id)",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
+        validate_default=True,
+        description="with the SASL protocols only (an API key's secret)",
+    )
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CAFILE", "kafka_ssl_cafile"),
+        validate_default=True,
+        description="PEM file of the CAs that sign the brokers' certificates; unset: the system's",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile"),
+        validate_default=True,
+        description="PEM client certificate (mutual TLS), with its key",
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile"),
+        validate_default=True,
+        description="PEM private key of the client certificate, unencrypted",
     )
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/signatures",
@@ -93,6 +156,11 @@ class Settings(BaseSettings):
     topic_accepted: str = "signatures.accepted"
     topic_totals: str = "signatures.totals"
     partitions: Annotated[int, Field(ge=1, le=1024)] = 6
+    # Durability of the topics the pipeline creates (runtime/topics.py); producers wait for
+    # every in-sync replica (acks=all). min.insync.replicas unset: 1 when the replication
+    # factor is 1, else one less than it (3 -> 2: one broker may be down, none lost).
+    replication_factor: Annotated[int, Field(ge=1, le=32_767)] = 1
+    min_insync_replicas: Annotated[int, Field(ge=1, le=32_767)] | None = None
     persist_group: str = "signatures-persist"
     count_group: str = "signatures-count"
     mail_group: str = "signatures-mail"
@@ -165,11 +233,113 @@ class Settings(BaseSettings):
     retention_interval: DurationText = "1h"
 
     @field_validator(
-        "api_database_url", "worker_database_url", "operator_database_url", mode="before"
+        "api_database_url",
+        "worker_database_url",
+        "operator_database_url",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "min_insync_replicas",
+        mode="before",
     )
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value  # compose passes unset variables as ""
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _protocol_name(cls, value: object) -> object:
+        if value == "":
+            return "PLAINTEXT"  # compose passes unset variables as ""
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism_name(cls, value: object) -> object:
+        return value.strip().upper() or None if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+    @classmethod
+    def _sasl_only_with_sasl(cls, value: object, info: ValidationInfo) -> object:
+        protocol = info.data.get("kafka_security_protocol")
+        if protocol is None:
+            return value  # the protocol itself is wrong, and reported
+        if protocol in _SASL and value is None:
+            wanted = {
+                "kafka_sasl_mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                "kafka_sasl_username": "the SASL user name",
+                "kafka_sasl_password": "the SASL password",
+            }[str(info.field_name)]
+            raise ValueError(f"not set (KAFKA_SECURITY_PROTOCOL is {protocol}: {wanted})")
+        if protocol not in _SASL and value is not None:
+            raise ValueError(
+                f"set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which does not use SASL "
+                "(SASL_PLAINTEXT or SASL_SSL do)"
+            )
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _tls_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        protocol = info.data.get("kafka_security_protocol")
+        if value is not None and protocol is not None and protocol not in _TLS:
+            raise ValueError(
+                f"set, but KAFKA_SECURITY_PROTOCOL is {protocol}, which does not use TLS "
+                "(SSL or SASL_SSL do)"
+            )
+        if info.field_name == "kafka_ssl_cafile" and value is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+            except (ssl.SSLError, ValueError):
+                raise ValueError("not a PEM file of CA certificates") from None
+        if info.field_name == "kafka_ssl_keyfile":
+            if "kafka_ssl_certfile" not in info.data:
+                return value  # the certificate file is wrong, and reported
+            certfile = info.data["kafka_ssl_certfile"]
+            if certfile is not None and value is None:
+                raise ValueError("not set (KAFKA_SSL_CERTFILE is: the certificate's key)")
+            if certfile is None and value is not None:
+                raise ValueError("set without KAFKA_SSL_CERTFILE (the key's certificate)")
+            if certfile is not None:
+                try:  # a password callback: an encrypted key fails here, never prompts
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.load_cert_chain(certfile, value, _no_password)
+                except ssl.SSLError:
+                    raise ValueError(
+                        "not the unencrypted PEM key of the PEM certificate in KAFKA_SSL_CERTFILE"
+                    ) from None
+        return value
+
+    @field_validator("min_insync_replicas")
+    @classmethod
+    def _at_most_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("replication_factor")
+        if value is not None and replicas is not None and value > replicas:
+            raise ValueError(
+                f"{value} is more than SIGNATURES_REPLICATION_FACTOR ({replicas}): "
+                "no write could ever succeed"
+            )
+        return value
+
+    def require_plaintext_for_embedded_broker(self) -> None:
+        """The embedded broker speaks PLAINTEXT only (tansu cannot serve TLS or take SASL
+        users): with other Kafka security settings, KAFKA_BOOTSTRAP_SERVERS must name the
+        cluster they are meant for, rather than the clients failing to reach a local one."""
+        if self.kafka_bootstrap_servers is None and self.kafka_security_protocol != "PLAINTEXT":
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL: {self.kafka_security_protocol}, but "
+                "KAFKA_BOOTSTRAP_SERVERS is not set (the embedded broker speaks PLAINTEXT only)"
+            )
+
+    def min_isr(self) -> int:
+        """min.insync.replicas of the topics: as set, or 1 for one replica, else one less
+        than the replication factor."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return max(1, self.replication_factor - 1)
 
     @field_validator(
         "database_url", "api_database_url", "worker_database_url", "operator_database_url"
@@ -309,6 +479,10 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{PREFIX}MASTER_KEY: the key file {path} {exc}") from None
             update["master_key"] = SecretStr(text)
         return self.model_copy(update=update) if update else self
+
+
+def _no_password() -> str:
+    raise ssl.SSLError("the key is encrypted")  # not supported: a key file is unencrypted
 
 
 def _generated(path: Path, make: Callable[[], str]) -> Path:

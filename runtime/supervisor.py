@@ -185,13 +185,13 @@ async def running_stack(
         mailbox = Mailbox(settings.state_dir / "mail")
         settings = settings.model_copy(update=_local_mail(settings, mailbox))
     settings.require_mail()
+    settings.require_plaintext_for_embedded_broker()  # before anything starts
     broker: EmbeddedBroker | None = None
     if mailbox is not None:
         await asyncio.to_thread(mailbox.start)
         log.info("local_mailbox_started", directory=str(mailbox.directory), port=mailbox.port)
     if not settings.kafka_bootstrap_servers:
-        broker_log = log_dir / "broker.log" if log_dir else None
-        broker = EmbeddedBroker(log_path=broker_log)
+        broker = EmbeddedBroker(log_path=log_dir / "broker.log" if log_dir else None)
         try:
             await asyncio.to_thread(broker.start)
         except BaseException:

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from runtime.abuse_settings import duration_ms
+from runtime.kafka import security_options
 from runtime.settings import Settings
 
 
@@ -45,21 +46,26 @@ def pii_topic_configs(settings: Settings) -> dict[str, str]:
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
+    """Every topic with SIGNATURES_REPLICATION_FACTOR replicas and min.insync.replicas:
+    with the producers' acks=all, a write is acknowledged once that many replicas have it,
+    and refused (not lost) when fewer are in sync."""
     topics = Topics.from_settings(settings)
     n = settings.partitions
-    pii = pii_topic_configs(settings)
+    rf = settings.replication_factor
+    durable = {"min.insync.replicas": str(settings.min_isr())}
+    pii = {**pii_topic_configs(settings), **durable}
     return [
-        NewTopic(topics.submitted, n, 1, topic_configs=pii),
-        NewTopic(topics.rejected, n, 1, topic_configs=pii),
-        NewTopic(topics.accepted, n, 1),
+        NewTopic(topics.submitted, n, rf, topic_configs=pii),
+        NewTopic(topics.rejected, n, rf, topic_configs=pii),
+        NewTopic(topics.accepted, n, rf, topic_configs=durable),
         # One partition: few keys (one per campaign), and every reader wants them all.
-        NewTopic(topics.totals, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(topics.totals, 1, rf, topic_configs={"cleanup.policy": "compact", **durable}),
     ]
 
 
 async def ensure_topics(settings: Settings, bootstrap: str) -> None:
     """Create the pipeline's topics; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -16,6 +16,7 @@ from consumers.service import WorkerKind, run_worker
 from ops.retention import anonymise_campaign, due_campaigns, run_retention
 from runtime.abuse_settings import duration_ms
 from runtime.campaigns import close_campaign, create_campaign
+from runtime.kafka import client_options
 from runtime.settings import ConfigError, Settings, load_settings
 from runtime.topics import ensure_topics, pii_topic_configs
 from schemas.campaign import NewCampaign
@@ -60,7 +61,7 @@ async def test_the_broker_creates_the_pii_topics_with_their_retention(
 ) -> None:
     s = make_settings(database_url, kafka_bootstrap, pii_topic_retention="2d")
     await ensure_topics(s, kafka_bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(s))
     await admin.start()
     try:
         described = await admin.describe_configs(
