@@ -37,7 +37,7 @@ from runtime.roles import ensure_logins
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
-log = get_logger("runtime.supervisor")
+log = get_logger("ops.supervisor")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Stack:
         log_file = None
         if self.log_dir is not None:
             log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230
-        child = Child(name, [sys.executable, "-m", "runtime.cli", *args], log_file)
+        child = Child(name, [sys.executable, "-m", "cli", *args], log_file)
         if self.settings.metrics_port:  # one port each, from the one configured on
             port = self.settings.metrics_port + len(self.children)
             child.env["SIGNATURES_METRICS_PORT"] = str(port)
