@@ -10,6 +10,10 @@ go to a local SMTP server that keeps them as `.eml` files in the state directory
 after it, one per child) and logs it (`metrics_listening`). A child that dies is
 restarted. Ctrl-C stops the API first, then the workers (each drains its batch in
 flight), then the local mail server and the broker.
+
+Each child is one of the CLI's own commands, run as `python -m cli ...` (a process, not an
+import: the CLI sits above this package). It lives here rather than in cli/ because
+`signatures demo` and the benchmarks start the same stack.
 """
 
 from __future__ import annotations
