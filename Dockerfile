@@ -24,6 +24,7 @@ COPY ingest ./ingest
 COPY consumers ./consumers
 COPY ops ./ops
 COPY bench ./bench
+COPY cli ./cli
 RUN pip install . \
     && rm -rf build ./*.egg-info
 

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 
 from bench.data import DataSet, prepare, produce_backlog
-from consumers.validate import decode, dedupe_key
+from consumers.validate import decode
 from runtime.db import create_pool
+from runtime.dedupe import dedupe_key
 from runtime.kafka import make_consumer
 from runtime.settings import Settings
 from schemas.submission import Submission

@@ -80,7 +80,7 @@ async def _start_api(settings: Settings, port: int, log_dir: Path) -> asyncio.su
     env = {**os.environ, **settings_env(settings), "SIGNATURES_LOG_FORMAT": "json"}
     with (log_dir / "bench-confirm-api.log").open("ab") as log:
         api = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.cli", "api", "--port", str(port),
+            sys.executable, "-m", "cli", "api", "--port", str(port),
             env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
     deadline = time.perf_counter() + 60

@@ -116,7 +116,7 @@ async def start_workers(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "runtime.cli",
+                    "cli",
                     "worker",
                     kind,
                     env=env,

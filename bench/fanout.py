@@ -21,9 +21,9 @@ from pathlib import Path
 from bench.data import CAMPAIGN, DataSet, prepare
 from bench.drain import peak_rss_mb
 from bench.http import open_loop, percentiles
+from ops.supervisor import running_stack
 from runtime.broker import free_port
 from runtime.settings import Settings
-from runtime.supervisor import running_stack
 
 STREAM = f"/v1/campaigns/{CAMPAIGN.slug}/totals/stream"
 SIGN = f"/v1/campaigns/{CAMPAIGN.slug}/signatures"

@@ -26,10 +26,10 @@ from aiokafka import TopicPartition
 
 from bench.data import CAMPAIGN, DataSet, prepare
 from bench.http import open_loop, percentiles
+from ops.supervisor import running_stack
 from runtime.broker import free_port
 from runtime.kafka import make_consumer
 from runtime.settings import Settings
-from runtime.supervisor import running_stack
 
 PATH = f"/v1/campaigns/{CAMPAIGN.slug}/signatures"
 

@@ -25,9 +25,10 @@ from consumers.deadletters import dead_letter
 from consumers.flags import FLAGS, FlagRules, RatePruner, email_domain, first_flag
 from consumers.runner import Effects, Record
 from consumers.store import PlainRow, StagingRow, StoredSignature, write_batch
-from consumers.validate import Rejection, decode_fields, dedupe_key
+from consumers.validate import Rejection, decode_fields
 from runtime.campaigns import campaign_rules
 from runtime.db import Conn
+from runtime.dedupe import dedupe_key
 from runtime.erasure import (
     Suppressions,
     lock_for_storing,

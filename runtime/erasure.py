@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from consumers.validate import dedupe_key
 from runtime.counts import BreakdownKey, add_counts, breakdown_of
 from runtime.db import Conn
+from runtime.dedupe import dedupe_key
 from schemas.submission import CLOCK_SKEW, normalise_email
 
 # pg_advisory_xact_lock key shared by the persist workers (shared) and erasures (exclusive)

@@ -128,7 +128,7 @@ class Workers:
         log = self.log_dir / f"{name}.log"
         with log.open("wb") as output:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.cli", "worker", kind,
+                sys.executable, "-m", "cli", "worker", kind,
                 *(["--drain"] if drain else []),
                 env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output,
                 stderr=asyncio.subprocess.STDOUT,

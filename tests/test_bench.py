@@ -28,7 +28,7 @@ def test_bench_smoke_run(database_url: str, tmp_path: Path) -> None:
     # from the first commit after every worker joined, and refuses to report without one
     env["SIGNATURES_BATCH_MAX_RECORDS"] = "100"
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "bench", "--count", "3000", "--naive-count", "200",
+        [sys.executable, "-m", "cli", "bench", "--count", "3000", "--naive-count", "200",
          "--rate", "300", "--seconds", "2", "--memory-count", "4000", "--confirm-count", "300",
          "--json"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -62,7 +62,7 @@ def test_bench_stream_smoke_run(database_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
     env.update({"DATABASE_URL": database_url, "SIGNATURES_STATE_DIR": str(tmp_path)})
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "bench-stream", "--clients", "25", "--rate", "50",
+        [sys.executable, "-m", "cli", "bench-stream", "--clients", "25", "--rate", "50",
          "--seconds", "2", "--json"],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

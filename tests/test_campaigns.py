@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from ingest.seed import SEED_CAMPAIGN, ensure_seed_campaign
 from runtime.campaigns import (
     UnknownCampaign,
@@ -19,7 +20,6 @@ from runtime.campaigns import (
     read_totals,
     update_campaign,
 )
-from runtime.cli import app
 from runtime.db import create_pool
 from runtime.settings import Settings, settings_env
 from schemas.campaign import CampaignChanges, NewCampaignUpdate

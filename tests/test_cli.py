@@ -38,7 +38,7 @@ def signatures(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -105,7 +105,7 @@ def test_up_serves_and_stops_cleanly_on_ctrl_c(database_url: str, tmp_path: Path
     port = free_port()
     env = cli_env(database_url, tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "up", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "cli", "up", "--port", str(port), "--workers", "1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 async def run_worker_process(settings: Settings, failpoint: str) -> int:
     env = {**os.environ, **settings_env(settings), "SIGNATURES_FAILPOINTS": failpoint}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.cli", "worker", "persist",
+        sys.executable, "-m", "cli", "worker", "persist",
         env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

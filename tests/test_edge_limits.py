@@ -597,7 +597,7 @@ async def api_process(settings: Settings, log_path: Path, **env: str) -> AsyncIt
     environ = {**os.environ, **settings_env(settings), "SIGNATURES_METRICS_PORT": "0", **env}
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
             env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"

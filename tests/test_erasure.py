@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from cli.erasure import forget_person
 from consumers.service import WorkerKind, run_worker
 from ops.dlq import read_dead_letters, replay
-from ops.erasure_commands import forget_person
 from runtime.campaigns import create_campaign
 from runtime.confirmation import Action, Outcome, new_token, use_token
 from runtime.erasure import Erasure, person_hash, receipt_time, suppressed

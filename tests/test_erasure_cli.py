@@ -42,7 +42,7 @@ async def test_forget_and_retention_from_the_command_line(
     again = await asyncio.to_thread(signatures, "forget", "--email", email.upper(), env=env)
     piped = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "runtime.cli", "forget", "--email", "-", "--campaign", "nope"],
+        [sys.executable, "-m", "cli", "forget", "--email", "-", "--campaign", "nope"],
         env=env, input=f"{email}\n", capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     bad = await asyncio.to_thread(signatures, "forget", "--email", "irina@@example", env=env)

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import typer.main
 
-from runtime.cli import app
+from cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from consumers.service import WorkerKind, run_worker
 from ingest.importer import import_file, import_name, refusal_report
 from ops.export import export_csv, safe_cell
 from runtime.campaigns import counted_rows, create_campaign
-from runtime.cli import app
 from runtime.kafka import make_producer
 from runtime.settings import Settings, settings_env
 from tests.helpers import CAMPAIGN, decrypted, keys_for_tests

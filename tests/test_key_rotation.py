@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from cli.main import app
 from consumers.service import WorkerKind, run_worker
 from ops.keys import (
     Progress,
@@ -21,7 +22,6 @@ from ops.keys import (
     rewrap,
 )
 from runtime.campaigns import counted_rows, create_campaign, read_totals
-from runtime.cli import app
 from runtime.pii import DataKeys, KeyProblem, Keyring, new_master_key, parse_master_key
 from runtime.settings import Settings, settings_env
 from tests.conftest import MASTER_KEY

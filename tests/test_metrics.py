@@ -46,7 +46,7 @@ async def test_a_persist_worker_exposes_what_it_did(
     env = {**os.environ, **settings_env(settings), "SIGNATURES_METRICS_PORT": str(port)}
     log = (tmp_path / "persist.log").open("wb")
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.cli", "worker", "persist",
+        sys.executable, "-m", "cli", "worker", "persist",
         env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

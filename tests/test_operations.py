@@ -9,12 +9,12 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from consumers.service import WorkerKind, run_worker
 from ops.dlq import read_dead_letters, replay, select
 from ops.reconcile import reconcile
 from ops.status import collect
 from runtime.campaigns import counted_rows, create_campaign
-from runtime.cli import app
 from runtime.db import create_pool
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals

@@ -136,7 +136,7 @@ def test_the_vouching_insert_differs_from_the_plain_one_only_by_the_vouch() -> N
 
 def signatures(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -155,7 +155,7 @@ async def api_process(
     log = tmp_path / "api.log"
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "cli", "api", "--host", "127.0.0.1", "--port", str(port),
             env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

@@ -55,7 +55,7 @@ class Ran:
 async def cli(settings: Settings, *args: str) -> Ran:
     """`signatures …` as an operator runs it: its own process, the same configuration."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.cli", *args,
+        sys.executable, "-m", "cli", *args,
         env={**os.environ, **settings_env(settings), "COLUMNS": "200"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -45,7 +45,7 @@ def test_local_secret_is_stable(
 def test_cli_reports_bad_config_in_one_line_and_exit_2() -> None:
     env = {**os.environ, "SIGNATURES_BATCH_MAX_RECORDS": "0"}
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         env=env,
         capture_output=True,
         text=True,

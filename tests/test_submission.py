@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_core import PydanticCustomError
 
-from consumers.validate import Rejection, decode, dedupe_key
+from consumers.validate import Rejection, decode
+from runtime.dedupe import dedupe_key
 from schemas.reasons import Reason
 from schemas.strict_json import key_ends
 from schemas.submission import NAME_MAX, Submission, clean_text, clean_unicode

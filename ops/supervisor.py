@@ -10,6 +10,10 @@ go to a local SMTP server that keeps them as `.eml` files in the state directory
 after it, one per child) and logs it (`metrics_listening`). A child that dies is
 restarted. Ctrl-C stops the API first, then the workers (each drains its batch in
 flight), then the local mail server and the broker.
+
+Each child is one of the CLI's own commands, run as `python -m cli ...` (a process, not an
+import: the CLI sits above this package). It lives here rather than in cli/ because
+`signatures demo` and the benchmarks start the same stack.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from runtime.roles import ensure_logins
 from runtime.settings import Settings, settings_env
 from runtime.topics import ensure_topics
 
-log = get_logger("runtime.supervisor")
+log = get_logger("ops.supervisor")
 
 
 @dataclass
@@ -74,7 +78,7 @@ class Stack:
         log_file = None
         if self.log_dir is not None:
             log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230
-        child = Child(name, [sys.executable, "-m", "runtime.cli", *args], log_file)
+        child = Child(name, [sys.executable, "-m", "cli", *args], log_file)
         if self.settings.metrics_port:  # one port each, from the one configured on
             port = self.settings.metrics_port + len(self.children)
             child.env["SIGNATURES_METRICS_PORT"] = str(port)

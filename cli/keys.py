@@ -1,6 +1,6 @@
 """The `signatures keys` commands: generate a master key, show, rotate and encrypt.
 
-Registered on the `signatures` command by runtime/cli.py. They show versions, fingerprints
+Registered on the `signatures` command by cli/main.py. They show versions, fingerprints
 and row counts, never key material (but `generate`, whose output is a new key) and never
 personal data. The README ("Encryption at rest") gives the rotation procedure.
 """
@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.shared import command_settings as _settings
+from cli.shared import run_with_pool as _run
 from ops.keys import Moved, Progress, campaigns, encrypt_plaintext, key_status, reencrypt, rewrap
-from runtime.commands import command_settings as _settings
-from runtime.commands import run_with_pool as _run
 from runtime.pii import DataKeys, new_master_key
 from runtime.progress import progress_bar
 

@@ -30,12 +30,12 @@ from rich.table import Table
 
 from ingest.loadgen import Generated, Kind, generate, submission_message
 from ingest.seed import SEED_CAMPAIGN, ensure_seed_campaign
+from ops.supervisor import running_stack
 from runtime.campaigns import counted_rows
 from runtime.db import create_pool
 from runtime.kafka import OutgoingRecord, make_producer, produce_many, read_to_end
 from runtime.progress import progress_bar
 from runtime.settings import Settings
-from runtime.supervisor import running_stack
 from runtime.totals_feed import read_published_totals
 from schemas.events import DeadLetterHeaders
 

@@ -1,6 +1,6 @@
 """The `signatures review` commands: list what the silent flags hold, accept or invalidate.
 
-Registered on the `signatures` command by runtime/cli.py. Every command shows counts,
+Registered on the `signatures` command by cli/main.py. Every command shows counts,
 address prefixes and email domains, never an email or a name.
 """
 
@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.shared import command_settings as _settings
+from cli.shared import run_with_pool as _run
 from ops.review import Held, NoFilter, ReviewOutcome, Selection, apply_review, held_for_review
-from runtime.commands import command_settings as _settings
-from runtime.commands import run_with_pool as _run
 from schemas.flags import Flag, Review
 
 review_app = typer.Typer(
@@ -125,7 +125,7 @@ def _sentence(o: ReviewOutcome) -> str:
 def _selection(campaign: str, reason: Flag | None, ip_prefix: str | None, domain: str | None,
                since: datetime | None, until: datetime | None) -> Selection:  # fmt: skip
     if ip_prefix is not None:
-        from ops.review import stored_granularity  # noqa: PLC0415
+        from ops.review import stored_granularity
 
         try:
             stored_granularity(ip_prefix)

@@ -25,7 +25,7 @@ def command_settings() -> Settings:
 def run(coro: Callable[[], Awaitable[T]]) -> T:
     """Run a command on uvloop, as the API runs: its transports and scheduling are C, which
     takes about a tenth off a persist worker's CPU per message (measured here)."""
-    import uvloop  # noqa: PLC0415 - a fast `--help`
+    import uvloop  # a fast `--help`
 
     async def main() -> T:
         return await coro()
@@ -36,7 +36,7 @@ def run(coro: Callable[[], Awaitable[T]]) -> T:
 
 async def with_pool(s: Settings, use: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """`use` a pool of one connection, as the operators' role (SIGNATURES_OPERATOR_DATABASE_URL)."""
-    from runtime.db import create_pool  # noqa: PLC0415 - a fast `--help`
+    from runtime.db import create_pool  # a fast `--help`
 
     pool = await create_pool(s.database_url_for("operator"), max_size=1)
     try:

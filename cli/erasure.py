@@ -1,4 +1,4 @@
-"""`signatures forget` and `signatures retention run`, registered by runtime/cli.py.
+"""`signatures forget` and `signatures retention run`, registered by cli/main.py.
 
 Both print and log counts per campaign, never an address, a name or a hash.
 """
@@ -18,11 +18,11 @@ from pydantic import SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
 from rich.console import Console
 
+from cli.shared import command_settings as _settings
+from cli.shared import run_with_pool
 from consumers.service import install_stop_signals
 from ops.retention import Anonymised, run_retention
 from runtime.abuse_settings import duration_ms
-from runtime.commands import command_settings as _settings
-from runtime.commands import run_with_pool
 from runtime.db import DedupeKeyMismatch, check_dedupe_key, create_pool
 from runtime.erasure import Erasure, erase, person_hash
 from runtime.logs import get_logger
@@ -154,7 +154,7 @@ def retention_run(
     """Anonymise every campaign closed for longer than its retention (--retain-days)."""
     s = _settings()
     if repeat:
-        from runtime.cli import serve_metrics  # noqa: PLC0415 - the entry point, loaded
+        from cli.services import serve_metrics
 
         serve_metrics(s, "retention")
         asyncio.run(_repeat(s, duration_ms(s.retention_interval) / 1000))
