@@ -358,7 +358,7 @@ def test_up_refuses_tls_or_sasl_with_the_embedded_broker(tmp_path: Path) -> None
     }
     env |= {"KAFKA_SECURITY_PROTOCOL": "SSL", "SIGNATURES_STATE_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "up", "--port", "0"],
+        [sys.executable, "-m", "cli", "up", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,
