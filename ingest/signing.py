@@ -26,6 +26,7 @@ from ingest.edge import CLIENT_FIELDS, EdgeRejection, from_form, from_json_objec
 from ingest.edge_facts import EdgeFacts
 from ingest.metrics import PRODUCE_ERRORS, SUBMISSIONS
 from ingest.partner_auth import AuthRefusal, PartnerKeys
+from runtime.failpoints import failpoint
 from runtime.settings import Settings
 from runtime.topics import Topics
 from schemas.campaign import CampaignStatus
@@ -91,6 +92,7 @@ class Signer:
             ]
             async with asyncio.timeout(15):
                 await asyncio.gather(*futures)
+            failpoint("sign.after_broker_ack")  # `timeout`: the acknowledgement lost
         except (KafkaError, TimeoutError) as exc:
             PRODUCE_ERRORS.labels(type(exc).__name__).inc()
             return problem(503, "(service)", "broker_unavailable", **{"Retry-After": "2"})

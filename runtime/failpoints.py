@@ -11,12 +11,16 @@ where `failpoint()` is a dictionary lookup that finds nothing. Actions:
 - `sleep:SECONDS`: block the whole process for that long, as a slow synchronous step
   would: the event loop stalls, so no heartbeat is sent and a signal is handled only
   afterwards. Keep it under the session timeout unless the point is to be evicted from
-  the consumer group.
+  the consumer group;
+- `timeout`: raise TimeoutError, as a call whose answer never came would: the caller's
+  own handling of a lost answer runs (after `sign.after_broker_ack`: a 503 for a
+  submission the broker has).
 
 `N*` before an action fires it the first N times only (`1*stop`: once), so that a worker
 carries on normally afterwards. A failpoint that fires logs `failpoint` with its name and
 action first, so a test can tell that the process got there. A malformed specification
-is an error: a typo must not make a test pass without its fault.
+is an error, and so is a name that is not in `KNOWN` (every place in the code that calls
+`failpoint`, and nothing else): a typo must not make a test pass without its fault.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,6 +41,19 @@ ENV = "SIGNATURES_FAILPOINTS"
 
 log = get_logger("runtime.failpoints")
 _fired: Counter[str] = Counter()
+
+# Every failpoint in the code, and where it is. A test checks that the code calls these
+# and only these (tests/test_failpoints.py), so a specification can name nothing else.
+KNOWN: Mapping[str, str] = {
+    "persist.before_db_commit": "inside the batch's transaction, every write done, before COMMIT",
+    "persist.after_db_commit": "the batch's transaction committed, nothing produced yet",
+    "persist.before_offset_commit": "the batch done, its Kafka offsets not yet committed",
+    "count.before_publish": "the totals read from the database, not yet sent",
+    "count.before_offset_commit": "the batch's totals published, offsets not yet committed",
+    "mail.after_send": "a message handed to the mail server, its sending not yet recorded",
+    "mail.before_offset_commit": "the batch's mail queued, offsets not yet committed",
+    "sign.after_broker_ack": "the broker acknowledged a submission, the API has not answered",
+}
 
 
 class FailpointError(RuntimeError):
@@ -47,6 +65,7 @@ class Kind(StrEnum):
     RAISE = "raise"
     STOP = "stop"
     SLEEP = "sleep"
+    TIMEOUT = "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +80,7 @@ class Action:
 
 
 def parse_action(text: str) -> Action:
-    """`[N*]kill`, `[N*]raise`, `[N*]stop` or `[N*]sleep:SECONDS`."""
+    """`[N*]kill`, `[N*]raise`, `[N*]stop`, `[N*]timeout` or `[N*]sleep:SECONDS`."""
     count, star, rest = text.strip().partition("*")
     if not star:
         return _parse_kind(text)
@@ -80,13 +99,16 @@ def _parse_kind(text: str, times: int | None = None) -> Action:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"{ENV}: sleep needs a finite number of seconds >= 0 (got {text!r})")
         return Action(Kind.SLEEP, seconds, times)
-    if kind in (Kind.KILL, Kind.RAISE, Kind.STOP) and not argument:
+    if kind in (Kind.KILL, Kind.RAISE, Kind.STOP, Kind.TIMEOUT) and not argument:
         return Action(Kind(kind), times=times)
-    raise ValueError(f"{ENV}: unknown action {text!r} (kill, raise, stop or sleep:SECONDS)")
+    raise ValueError(
+        f"{ENV}: unknown action {text!r} (kill, raise, stop, timeout or sleep:SECONDS)"
+    )
 
 
 def parse(spec: str) -> dict[str, Action]:
-    """`name=action[,name=action…]`; blank items are ignored, anything else must parse."""
+    """`name=action[,name=action…]`; blank items are ignored, anything else must parse,
+    and every name must be a known failpoint."""
     actions: dict[str, Action] = {}
     for item in spec.split(","):
         if not item.strip():
@@ -94,6 +116,10 @@ def parse(spec: str) -> dict[str, Action]:
         name, equals, action = item.partition("=")
         if not equals or not name.strip():
             raise ValueError(f"{ENV}: expected name=action, got {item.strip()!r}")
+        if name.strip() not in KNOWN:
+            raise ValueError(
+                f"{ENV}: unknown failpoint {name.strip()!r} (known: {', '.join(sorted(KNOWN))})"
+            )
         actions[name.strip()] = parse_action(action)
     return actions
 
@@ -104,7 +130,12 @@ def _active() -> dict[str, Action]:
 
 
 def failpoint(name: str) -> None:
-    action = _active().get(name)
+    active = _active()
+    if not active:  # production: nothing enabled
+        return
+    if name not in KNOWN:  # a place in the code that the registry forgot
+        raise ValueError(f"{ENV}: failpoint {name!r} is not in runtime.failpoints.KNOWN")
+    action = active.get(name)
     if action is None or (action.times is not None and _fired[name] >= action.times):
         return
     _fired[name] += 1
@@ -115,5 +146,7 @@ def failpoint(name: str) -> None:
         raise FailpointError(name)
     elif action.kind is Kind.STOP:
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif action.kind is Kind.TIMEOUT:
+        raise TimeoutError(name)
     else:
         time.sleep(action.seconds)

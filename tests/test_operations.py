@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from consumers.service import WorkerKind, run_worker
 from ops.dlq import read_dead_letters, replay, select
-from ops.reconcile import reconcile
+from ops.reconcile import Correction, reconcile
 from ops.status import collect
 from runtime.campaigns import counted_rows, create_campaign
 from runtime.db import create_pool
@@ -71,22 +71,66 @@ async def test_status_shows_lag_then_drift_and_reconcile_fixes_it(
     assert [c.changed for c in await reconcile(settings, pool)] == [False]
 
 
+RACE_PEOPLE = 3_000
+RACE_REPEATS = 300  # signing again: duplicates counted while reconcile runs
+RACE_BATCH = 40  # about 80 transactions for reconcile to land between
+COUNTRIES = ("IT", "FR", "DE", "ES")
+SOURCES = ("web", "partner:ngo", "import:paper")
+
+
 async def test_reconcile_never_loses_what_workers_add_meanwhile(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
+    settings = settings.model_copy(update={"batch_max_records": RACE_BATCH})
     await create_campaign(pool, CAMPAIGN)
-    await produce(settings, encode([submission() for _ in range(200)]))
+    people = [
+        submission(country=COUNTRIES[i % len(COUNTRIES)], source=SOURCES[i % len(SOURCES)])
+        for i in range(RACE_PEOPLE)
+    ]
+    again = [  # the same person from the same place: either one may be stored first
+        submission(email=p["email"].upper(), country=p["country"], source=p["source"])
+        for p in people[:RACE_REPEATS]
+    ]
+    await produce(settings, encode([*people, *again]))
     await pool.execute("UPDATE campaign_totals SET total = total + 7")  # drift to be fixed
-    workers = asyncio.create_task(drain(settings))
-    while not workers.done():  # reconcile repeatedly while the batches land
-        await reconcile(settings, pool)
-        await asyncio.sleep(0.05)
-    await workers
-    await reconcile(settings, pool)
-    await drain(settings)
-    assert (await counted_rows(pool))[CAMPAIGN.slug] == 200
-    assert await pool.fetchval("SELECT total FROM campaign_totals") == 200
-    assert (await read_published_totals(settings))[CAMPAIGN.slug].total == 200
+
+    # Reconcile again and again while the persist worker commits batch after batch.
+    persist = asyncio.create_task(
+        asyncio.wait_for(run_worker(WorkerKind.PERSIST, settings, asyncio.Event(), drain=True), 90)
+    )
+    corrections: list[Correction] = []
+    while not persist.done():
+        corrections.extend(await reconcile(settings, pool))
+    await persist
+
+    # They did overlap: several reconciles counted a table the worker was still filling.
+    seen = [c.total[1] for c in corrections]  # the rows each one counted, under its locks
+    assert len([n for n in seen if 0 < n < RACE_PEOPLE]) >= 3, seen
+    # Only the planted drift was ever corrected: no reconcile found a total the worker
+    # had left wrong, nor left one wrong for the next reconcile to repair.
+    changed = [c for c in corrections if c.changed]
+    assert len(changed) == 1, changed
+    [fixed] = changed
+    assert (fixed.total[0] - fixed.total[1], fixed.breakdown) == (7, {}), fixed
+    assert fixed.duplicates[0] == fixed.duplicates[1] and fixed.pending == (0, 0), fixed
+    # The totals the worker and reconcile left behind are the rows', breakdowns included.
+    by_country = {c: sum(p["country"] == c for p in people) for c in COUNTRIES}
+    expected = {
+        **{f"country:{c}": n for c, n in by_country.items()},
+        **{f"source:{s}": sum(p["source"] == s for p in people) for s in SOURCES},
+    }
+    assert (await counted_rows(pool))[CAMPAIGN.slug] == RACE_PEOPLE
+    kept = await pool.fetchrow("SELECT total, duplicates, pending FROM campaign_totals")
+    assert tuple(kept) == (RACE_PEOPLE, RACE_REPEATS, 0)
+    breakdown = await pool.fetch("SELECT dimension, key, count FROM campaign_breakdown")
+    assert {f"{r['dimension']}:{r['key']}": r["count"] for r in breakdown} == expected
+    await asyncio.wait_for(run_worker(WorkerKind.COUNT, settings, asyncio.Event(), drain=True), 90)
+    published = (await read_published_totals(settings))[CAMPAIGN.slug]
+    assert published.total == RACE_PEOPLE
+    assert published.by_country == by_country
+    # And reconcile itself agrees: nothing left to correct.
+    [last] = await reconcile(settings, pool)
+    assert not last.changed, last
 
 
 async def test_a_dead_letter_fixed_and_replayed_is_counted_exactly_once(

@@ -9,7 +9,7 @@ and the pipeline drain, and then checks the whole delivery promise with
 - the PostgreSQL server stopped (fast or immediate) while the workers run, then started
   again: a private throwaway cluster, never the machine's shared server;
 - the dead-letter topic unavailable while a poison record waits to be dead-lettered;
-- the counter killed between reading the totals and publishing them.
+- the counter killed between reading non-zero totals and publishing them.
 
 The embedded broker creates any validly named topic the moment a client asks for its
 metadata (aiokafka always allows that), and a deleted topic still accepts writes, so the
@@ -38,17 +38,18 @@ from aiokafka import TopicPartition
 
 from consumers.errors import is_transient
 from runtime.broker import free_port
-from runtime.campaigns import counted_rows, create_campaign, totals_versions
+from runtime.campaigns import counted_rows, create_campaign, read_totals, totals_versions
 from runtime.db import apply_migrations, create_pool, database_name
 from runtime.kafka import read_to_end
 from runtime.offsets import committed_offsets
 from runtime.settings import Settings
 from runtime.topics import ensure_topics
 from runtime.totals_feed import read_published_totals
+from schemas.campaign import Confirmation, NewCampaign
 from schemas.events import DeadLetterHeaders
 from schemas.reasons import Reason
 from tests.conftest import make_settings
-from tests.helpers import CAMPAIGN, encode, produce, submission
+from tests.helpers import CAMPAIGN, encode, produce, submission, wait_until
 from tests.invariants import History, Told, check, lag, uncovered_commits
 from tests.pipeline import serving_api
 from tests.processes import WorkerProcess, Workers
@@ -57,6 +58,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 
 DRAIN_TIMEOUT_S = 150.0
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SECOND = NewCampaign(
+    confirmation=Confirmation.OFF, slug="second-cause", title="Second", target="Someone", goal=500
+)
 SMALL_BATCH = 500  # a backlog of several transactions, so that a fault can land inside one
 BUSY_POLL_S = 0.02  # the counter polls the totals all the time: a fault lands mid-query
 
@@ -108,6 +112,11 @@ async def wait_until_drained(settings: Settings, pool: asyncpg.Pool) -> None:
             ):
                 return
             await asyncio.sleep(0.5)
+
+
+async def persisted_all(settings: Settings) -> bool:
+    """The persist group committed up to the end of the input topic."""
+    return (await lag(settings))[settings.persist_group] == 0
 
 
 async def wait_for_rows(pool: asyncpg.Pool, at_least: int, timeout: float = 90.0) -> None:
@@ -424,27 +433,48 @@ async def test_poison_record_waits_for_the_dead_letter_topic(
 # --- 4. the counter killed between reading and publishing ----------------------------------
 
 
-async def test_counter_killed_before_publishing_leaves_totals_exact(
+async def test_counter_killed_holding_unpublished_totals_publishes_exactly_those(
     settings: Settings, pool: asyncpg.Pool, workers: Workers
 ) -> None:
     history = History()
+    await create_campaign(pool, CAMPAIGN)
+    await create_campaign(pool, SECOND)
     persist = await workers.start("persist", "persist", settings)
+    await send(settings, history, people(300, repeats=20, invalid=2))
+    await send(settings, history, [submission(campaign=SECOND.slug) for _ in range(120)])
+    await wait_until(lambda: persisted_all(settings), timeout=DRAIN_TIMEOUT_S)
+
+    # What the database holds, committed and not yet published by anyone.
+    slugs = [CAMPAIGN.slug, SECOND.slug]
+    held = await read_totals(pool, slugs, min_count=settings.public_min_count)
+    assert {t.campaign: t.total for t in held} == {CAMPAIGN.slug: 300, SECOND.slug: 120}
+    assert await read_to_end(settings, settings.topic_totals, timeout=30) == []
+
+    # The counter reads them and dies at the failpoint between reading and publishing.
     doomed = await workers.start(
         "count", "count-killed", settings, failpoints="count.before_publish=kill"
     )
-    await persist.wait_for("partitions_assigned")
-    await create_campaign(pool, CAMPAIGN)
-    await send(settings, history, people(300, repeats=20, invalid=2))
-
-    # The first totals it read were never published: the process died holding them.
     assert await doomed.exit_code(timeout=90) == -signal.SIGKILL
+    [fired] = doomed.lines("failpoint")
+    assert (fired["name"], fired["action"]) == ("count.before_publish", "kill")
     assert await read_to_end(settings, settings.topic_totals, timeout=30) == []
+    # Nothing moved while it held them: the totals it died holding are these.
+    assert await read_totals(pool, slugs, min_count=settings.public_min_count) == held
+
+    # Restarted, the counter publishes exactly those totals, per campaign.
+    fresh = await workers.start("count", "count", settings)
+
+    async def both_published() -> bool:
+        return set(await read_published_totals(settings)) == set(slugs)
+
+    await wait_until(both_published, timeout=DRAIN_TIMEOUT_S)
+    assert await read_published_totals(settings) == {t.campaign: t for t in held}
 
     await send(settings, history, people(200, repeats=10, invalid=1))
-    fresh = await workers.start("count", "count", settings)
     await wait_until_drained(settings, pool)
     await stop_cleanly(persist, fresh)
-    assert await pool.fetchval("SELECT duplicates FROM campaign_totals") == 30
+    duplicates = "SELECT duplicates FROM campaign_totals WHERE campaign = $1"
+    assert await pool.fetchval(duplicates, CAMPAIGN.slug) == 30
     assert await check(settings, pool, history, logs=workers.logs) == []
 
 
