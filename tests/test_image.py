@@ -301,9 +301,12 @@ def test_image_installs_from_a_clean_checkout_with_every_command(tmp_path: Path)
             timeout=600,
             check=False,
         )
-        assert ran.returncode == 0, (
-            f"pip {shlex.join(pip.args)}\n{ran.stdout[-2000:]}\n{ran.stderr[-4000:]}"
-        )
+        said = [
+            line
+            for line in (ran.stdout + ran.stderr).splitlines()
+            if not line.startswith("WARNING: Location")  # a local index this machine lacks
+        ]
+        assert ran.returncode == 0, f"pip {shlex.join(pip.args)}\n" + "\n".join(said[-60:])
     assert copied == len(build.copies)
     assert set(placed.values()) == context, "the context holds files no COPY uses"
 

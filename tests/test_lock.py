@@ -38,7 +38,7 @@ def read_lock(text: str) -> dict[NormalizedName, tuple[Version, int]]:
     """{name: (pinned version, number of hashes)}, from a `uv pip compile` output."""
     pins: dict[NormalizedName, tuple[Version, int]] = {}
     for entry in re.split(r"\n(?=\S)", text):
-        first = entry.split("\\", 1)[0].strip()
+        first = entry.splitlines()[0].removesuffix("\\").strip()
         if not first or first.startswith("#"):
             continue
         requirement = Requirement(first)
@@ -122,6 +122,7 @@ def test_the_lock_parser_reads_pins_hashes_and_comments() -> None:
         "    --hash=sha256:" + "b" * 64 + "\n"
         "    # via signatures-pipeline (pyproject.toml)\n"
         "baz==0.1\n"
+        "    # via foo-bar\n"
     )
     assert read_lock(text) == {"foo-bar": (Version("1.2"), 2), "baz": (Version("0.1"), 0)}
     with pytest.raises(AssertionError, match="not a pin"):
