@@ -40,6 +40,16 @@ REQUIRED = set(re.findall(r"\$\{(\w+):\?", COMPOSE_TEXT))
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$")
 
 
+NO_ENV_FILE: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_env_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    empty = tmp_path_factory.mktemp("compose") / "empty.env"
+    empty.write_text("")
+    NO_ENV_FILE[:] = [empty]
+
+
 def compose(
     *args: str, env_file: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -47,7 +57,8 @@ def compose(
     assert binary, "docker-compose is installed by scripts/bootstrap"
     read = INTERPOLATED | PASSED_THROUGH | {"COMPOSE_PROFILES", "COMPOSE_FILE"}
     clean = {k: v for k, v in os.environ.items() if k not in read}
-    options = ["--env-file", str(env_file)] if env_file is not None else []
+    # never a developer's own .env, which compose would read by itself
+    options = ["--env-file", str(env_file or NO_ENV_FILE[0])]
     return subprocess.run(
         [binary, *options, *args],
         cwd=ROOT,
