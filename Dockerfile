@@ -15,8 +15,15 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# Package metadata first, then every package pyproject.toml declares; installed as a
-# regular (non-editable) package. tests/test_image.py builds this same context and install.
+# The dependencies first, in a layer of their own (rebuilt only when the lock changes):
+# exactly the releases requirements.lock pins, every file checked against its hash, wheels
+# only (the image has no compiler). `scripts/lock` regenerates the lock from pyproject.toml.
+COPY requirements.lock ./
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r requirements.lock
+
+# Then the package metadata and every package pyproject.toml declares, installed as a
+# regular (non-editable) package with nothing beyond the lock; `pip check` fails the build
+# if the lock lacks a dependency. tests/test_image.py builds this same context and install.
 COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY schemas ./schemas
@@ -25,7 +32,8 @@ COPY consumers ./consumers
 COPY ops ./ops
 COPY bench ./bench
 COPY cli ./cli
-RUN pip install . \
+RUN pip install --no-deps . \
+    && pip check \
     && rm -rf build ./*.egg-info
 
 RUN useradd --create-home --uid 10001 --user-group signatures

@@ -1,7 +1,8 @@
 """The image builds from a clean checkout and holds every command, checked without a Docker
 engine: the build context is assembled as Docker would (the Dockerfile's COPY lines and
 .dockerignore, applied to the files git tracks), installed into a fresh virtualenv with the
-Dockerfile's own `pip install`, and its `signatures` is run."""
+Dockerfile's own `pip` commands (the lock, hash-checked, then the project), and its
+`signatures` is run."""
 
 from __future__ import annotations
 
@@ -118,11 +119,21 @@ def test_dockerignore_matches_as_docker_does(lines: list[str], path: str, ignore
 KNOWN = {"FROM", "ENV", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "ENTRYPOINT", "CMD"}
 
 
+@dataclass(frozen=True)
+class Pip:
+    args: list[str]  # after `pip`
+    copies: int  # how many COPY lines came before it: the files it sees
+    workdir: str
+
+
 @dataclass
 class Build:
     copies: list[tuple[list[str], str, str]] = field(default_factory=list)  # srcs, dest, workdir
-    pip_args: list[str] = field(default_factory=list)
+    pips: list[Pip] = field(default_factory=list)  # every `pip` command, in order
     workdir: str = "/"
+
+    def installs(self) -> list[list[str]]:
+        return [pip.args[1:] for pip in self.pips if pip.args[0] == "install"]
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -148,9 +159,11 @@ def check_run(command: str, build: Build) -> None:
     steps = [shlex.split(step) for step in command.split("&&")]
     first = steps[0]
     if first[:2] == ["pip", "install"]:
-        assert not build.pip_args, "more than one `pip install`"
-        assert all(step[:2] == ["rm", "-rf"] for step in steps[1:]), command
-        build.pip_args = first[2:]
+        for step in steps:
+            if step[:2] == ["rm", "-rf"]:
+                continue
+            assert step[0] == "pip" and step[1] in ("install", "check"), command
+            build.pips.append(Pip(step[1:], len(build.copies), build.workdir))
     elif first[0] == "apt-get":
         for step in steps:
             assert step[0] == "apt-get" or step == ["rm", "-rf", "/var/lib/apt/lists/*"], command
@@ -174,12 +187,27 @@ def read_dockerfile(text: str) -> Build:
             args = shlex.split(rest)
             assert not any(a.startswith("--") for a in args), f"COPY flags not understood: {rest}"
             assert len(args) >= 2, rest
-            assert not build.pip_args, "a COPY after `pip install` is not installed"
             build.copies.append((args[:-1], args[-1], build.workdir))
         elif keyword == "RUN":
             check_run(rest, build)
-    assert build.copies and build.pip_args, "the Dockerfile copies and installs nothing"
+    assert build.copies and build.installs(), "the Dockerfile copies and installs nothing"
+    last = max(i for i, pip in enumerate(build.pips) if pip.args[0] == "install")
+    assert build.pips[last].copies == len(build.copies), "a COPY after the last install"
     return build
+
+
+def test_the_image_installs_only_what_the_lock_pins() -> None:
+    build = read_dockerfile((ROOT / "Dockerfile").read_text())
+    installs = build.installs()
+    assert len(installs) == 2, installs
+    lock, project = installs
+    # nothing is resolved at build time: every dependency comes from the lock, by hash
+    assert all("--no-deps" in args for args in installs), installs
+    assert "--require-hashes" in lock and "--only-binary=:all:" in lock, lock
+    assert lock[lock.index("-r") + 1] == "requirements.lock", lock
+    assert project[-1] == ".", project
+    # and the build fails if the lock lacks a dependency of what was installed
+    assert [pip.args for pip in build.pips][-1] == ["check"]
 
 
 def git_files() -> list[str]:
@@ -192,10 +220,12 @@ def git_files() -> list[str]:
     return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
 
 
-def assemble(build: Build, context: set[str], image_root: Path) -> dict[str, str]:
+def assemble(
+    copies: list[tuple[list[str], str, str]], context: set[str], image_root: Path
+) -> dict[str, str]:
     """Copy the context's files as the COPY lines do; return {image path: context path}."""
     placed: dict[str, str] = {}
-    for srcs, dest, workdir in build.copies:
+    for srcs, dest, workdir in copies:
         target = posixpath.normpath(posixpath.join(workdir, dest))
         into_dir = dest.endswith("/") or dest in (".", "./") or len(srcs) > 1
         for src in srcs:
@@ -217,6 +247,22 @@ def assemble(build: Build, context: set[str], image_root: Path) -> dict[str, str
     return placed
 
 
+def build_context() -> set[str]:
+    patterns = read_dockerignore((ROOT / ".dockerignore").read_text())
+    return {f for f in git_files() if not is_ignored(f, patterns)}
+
+
+def test_the_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
+    build = read_dockerfile((ROOT / "Dockerfile").read_text())
+    context = build_context()
+    assert {"requirements.lock", "pyproject.toml", "runtime/cli.py"} <= context
+    assert not any(
+        f.startswith(("tests/", "scripts/", ".git", "monitoring/", ".venv/")) for f in context
+    )
+    placed = assemble(build.copies, context, tmp_path)
+    assert set(placed.values()) == context, "the context holds files no COPY uses"
+
+
 def cli_commands() -> set[str]:
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")
@@ -228,32 +274,41 @@ def cli_commands() -> set[str]:
 @pytest.mark.timeout(900)
 def test_image_installs_from_a_clean_checkout_with_every_command(tmp_path: Path) -> None:
     build = read_dockerfile((ROOT / "Dockerfile").read_text())
-    patterns = read_dockerignore((ROOT / ".dockerignore").read_text())
-    context = {f for f in git_files() if not is_ignored(f, patterns)}
-    assert "tests/test_image.py" not in context and not any(
-        f.startswith(("tests/", "scripts/", ".git", "monitoring/")) for f in context
-    )
-
-    image_root = tmp_path / "image"
-    placed = assemble(build, context, image_root)
-    assert set(placed.values()) == context, "the context holds files no COPY uses"
-    workdir = image_root / build.workdir.lstrip("/")
+    context = build_context()
+    assert "tests/test_image.py" not in context
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_NO_CACHE_DIR", "PYTHONPATH")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", VIRTUAL_ENV=str(venv), COLUMNS="200")
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", *build.pip_args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
-    assert installed.returncode == 0, installed.stderr[-4000:]
+
+    # The Dockerfile's steps in its order: the files each `pip` command sees are the ones
+    # the COPY lines before it placed; the command runs as written (quieter), in its WORKDIR.
+    image_root = tmp_path / "image"
+    placed: dict[str, str] = {}
+    copied = 0
+    for pip in build.pips:
+        placed |= assemble(build.copies[copied : pip.copies], context, image_root)
+        copied = pip.copies
+        quiet = ["--quiet"] if pip.args[0] == "install" else []
+        ran = subprocess.run(
+            [str(venv / "bin" / "pip"), pip.args[0], *quiet, *pip.args[1:]],
+            cwd=image_root / pip.workdir.lstrip("/"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        said = [
+            line
+            for line in (ran.stdout + ran.stderr).splitlines()
+            if not line.startswith("WARNING: Location")  # a local index this machine lacks
+        ]
+        assert ran.returncode == 0, f"pip {shlex.join(pip.args)}\n" + "\n".join(said[-60:])
+    assert copied == len(build.copies)
+    assert set(placed.values()) == context, "the context holds files no COPY uses"
 
     # Every file copied into a package lands in the installed package: modules, migrations,
     # templates and static files alike (a non-editable install reads nothing from /app).
