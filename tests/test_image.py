@@ -255,7 +255,7 @@ def build_context() -> set[str]:
 def test_the_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
     build = read_dockerfile((ROOT / "Dockerfile").read_text())
     context = build_context()
-    assert {"requirements.lock", "pyproject.toml", "runtime/cli.py"} <= context
+    assert {"requirements.lock", "pyproject.toml", "cli/main.py"} <= context
     assert not any(
         f.startswith(("tests/", "scripts/", ".git", "monitoring/", ".venv/")) for f in context
     )
