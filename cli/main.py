@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+import asyncpg
 import typer
 
 from cli import bench, erasure, export, importing, pipeline, services, status
@@ -58,6 +59,14 @@ def main() -> None:
     except KeyProblem as exc:  # a wrong master key, a data key missing: never personal data
         print(f"key error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
+    except (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        # PostgreSQL's own words name the database or the role, never a password
+        print(  # noqa: T201
+            f"cannot connect to PostgreSQL: {exc} (DATABASE_URL, or the command's own"
+            " SIGNATURES_*_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except OSError as exc:
         if exc.errno == 111:  # connection refused: say which service
             print(f"cannot connect: {exc.strerror}", file=sys.stderr)  # noqa: T201

@@ -15,12 +15,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
-from runtime.settings import Settings
+from runtime.settings import ConfigError, Settings
 
 
 def bootstrap_of(settings: Settings) -> str:
     if not settings.kafka_bootstrap_servers:
-        raise ValueError("KAFKA_BOOTSTRAP_SERVERS: not set")
+        raise ConfigError(
+            "KAFKA_BOOTSTRAP_SERVERS: not set (the brokers' host:port list; `signatures up` logs"
+            " the embedded broker's as embedded_broker_started)"
+        )
     return settings.kafka_bootstrap_servers
 
 

@@ -148,3 +148,25 @@ def test_demo_ends_with_matching_totals(database_url: str, tmp_path: Path) -> No
     assert "totals match" in done.stdout and "yes" in done.stdout
     assert "refused (422)" in done.stdout
     assert "dead letter (partner via Kafka)" in done.stdout
+
+
+def test_an_operator_command_without_its_services_says_what_is_missing(
+    database_url: str, tmp_path: Path
+) -> None:
+    """No traceback: one line naming what to set, for a database that is not there and for a
+    broker address that is not set."""
+    env = cli_env(database_url.rsplit("/", 1)[0] + "/no_such_database", tmp_path)
+    missing_database = signatures("status", env=env)
+    assert missing_database.returncode == 1
+    assert missing_database.stderr.splitlines() == [
+        'cannot connect to PostgreSQL: database "no_such_database" does not exist'
+        " (DATABASE_URL, or the command's own SIGNATURES_*_DATABASE_URL)"
+    ]
+
+    env = cli_env(database_url, tmp_path)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    no_broker = signatures("status", env=env)
+    assert no_broker.returncode == 2
+    lines = no_broker.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("configuration error: KAFKA_BOOTSTRAP_SERVERS: not set")
