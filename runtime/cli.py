@@ -348,7 +348,10 @@ def bench_stream(
     table.add_row("stream clients (connected)", f"{result.clients:,} ({result.connected:,})")
     table.add_row("totals versions published", f"{result.versions_published:,}")
     table.add_row("updates delivered", f"{result.events:,}")
-    table.add_row("clients that got the final version", f"{result.complete_clients:,}")
+    table.add_row(
+        "clients that got the final version",
+        f"{result.complete_clients:,} ({result.incomplete_clients:,} incomplete)",
+    )
     table.add_row(
         "delay p50 / p95 / p99 / max (ms)",
         f"{d['p50']:,.0f} / {d['p95']:,.0f} / {d['p99']:,.0f} / {d['max']:,.0f}",
