@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ingest.loadgen import Kind, generate, submission_message
-from runtime.campaigns import create_campaign
+from runtime.campaigns import counted_rows, create_campaign
 from runtime.db import apply_migrations, create_pool, ensure_database
 from runtime.kafka import make_producer
 from runtime.settings import Settings
@@ -127,3 +127,12 @@ async def produce_backlog(settings: Settings, data: DataSet) -> dict[int, int]:
     finally:
         await producer.stop()
     return ends
+
+
+async def campaign_rows(settings: Settings) -> int:
+    """COUNT(*) of the bench campaign's counted rows: what its published total must be."""
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        return (await counted_rows(pool))[CAMPAIGN.slug]
+    finally:
+        await pool.close()

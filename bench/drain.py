@@ -13,10 +13,12 @@ import os
 import sys
 import time
 from asyncio.subprocess import Process
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.data import CAMPAIGN, DataSet, prepare, produce_backlog
@@ -27,6 +29,9 @@ from runtime.kafka import client_options, make_consumer, read_to_end
 from runtime.settings import Settings, settings_env
 from runtime.totals_feed import read_published_totals
 from schemas.campaign import Confirmation
+from schemas.events import DeadLetterHeaders
+
+Origin = tuple[str, int, int]  # topic, partition, offset of a submitted record
 
 
 @dataclass
@@ -41,8 +46,12 @@ class DrainResult:
     rows: int  # counted (confirmed) rows
     published_total: int
     cpu_seconds: dict[str, float]
-    # every message ended as a row, a counted duplicate or a dead letter: none lost
-    conserved: bool
+    outcome: Outcome  # where every message of the backlog ended
+
+    @property
+    def conserved(self) -> bool:
+        """Every message ended as a row, a counted duplicate or a dead letter: none lost."""
+        return self.outcome.accounted == self.count
 
     @property
     def steady_per_s(self) -> float:
@@ -153,8 +162,35 @@ async def wait_published(settings: Settings, deadline: float) -> tuple[int, int]
     return rows, published
 
 
-async def conservation(settings: Settings, total: int) -> bool:
-    """Rows (in any state) + counted duplicates + dead letters account for every message."""
+@dataclass(frozen=True)
+class Outcome:
+    """Where the messages of one topic ended: stored rows (any state), counted duplicates,
+    dead letters (each message once, however often it was dead-lettered)."""
+
+    stored: int
+    duplicates: int
+    dead_lettered: int
+    dead_letter_records: int  # records on the dead-letter topic, repeats included
+
+    @property
+    def accounted(self) -> int:
+        return self.stored + self.duplicates + self.dead_lettered
+
+
+def dead_letter_origins(records: Iterable[ConsumerRecord[Any, Any]], topic: str) -> set[Origin]:
+    """The distinct messages of `topic` that were dead-lettered: a message dead-lettered
+    twice (a worker that died after producing, before committing) is one message, known by
+    where it came from, not by where its dead letters landed."""
+    origins = set()
+    for record in records:
+        headers = DeadLetterHeaders.from_kafka(list(record.headers))
+        if headers.origin_topic == topic:
+            origins.add((headers.origin_topic, headers.origin_partition, headers.origin_offset))
+    return origins
+
+
+async def outcome(settings: Settings) -> Outcome:
+    """Rows (in any state), counted duplicates and dead letters of the input topic."""
     pool = await create_pool(settings.database_url, max_size=1)
     try:
         rows = await pool.fetchval("SELECT count(*) FROM signatures")
@@ -162,7 +198,8 @@ async def conservation(settings: Settings, total: int) -> bool:
     finally:
         await pool.close()
     dead = await read_to_end(settings, settings.topic_rejected, timeout=60)
-    return int(rows) + int(duplicates) + len({(r.partition, r.offset) for r in dead}) == total
+    origins = dead_letter_origins(dead, settings.topic_submitted)
+    return Outcome(int(rows), int(duplicates), len(origins), len(dead))
 
 
 async def run_drain(
@@ -222,7 +259,7 @@ async def run_drain(
             )
         cpu_end = cpu_by_component(pids, counter_pid)
         rows, published = await wait_published(settings, deadline)
-        conserved = await conservation(settings, total)
+        ended = await outcome(settings)
         done = time.perf_counter()
     finally:
         await watcher.stop()
@@ -238,5 +275,5 @@ async def run_drain(
         rows=rows,
         published_total=published,
         cpu_seconds={k: round(cpu_end[k] - cpu_start.get(k, 0.0), 2) for k in cpu_end},
-        conserved=conserved,
+        outcome=ended,
     )

@@ -5,6 +5,11 @@ signatures are POSTed at a steady rate through the whole pipeline. For every tot
 update each client receives, the delay runs from the version's database transaction
 (`updated_at`) to its arrival at the client: commit, accepted event, counter, totals
 topic, the API's one consumer, the fan-out, the socket.
+
+What was published is read from the totals topic itself, not from what the clients
+received: the versions published during the run and the final one. After the last POST
+the run waits (bounded) until the published total equals COUNT(*) and every client has
+the final version; a client that has not (it stopped, or fell behind) is incomplete.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from bench.data import CAMPAIGN, DataSet, prepare
+from bench.data import CAMPAIGN, DataSet, campaign_rows, prepare
 from bench.drain import peak_rss_mb
 from bench.http import open_loop, percentiles
 from ops.supervisor import running_stack
 from runtime.broker import free_port
+from runtime.kafka import read_to_end
 from runtime.settings import Settings
 
 STREAM = f"/v1/campaigns/{CAMPAIGN.slug}/totals/stream"
@@ -40,12 +46,20 @@ class Listener:
 class FanoutResult:
     clients: int
     connected: int
-    versions_published: int
-    events: int
-    complete_clients: int  # clients that received the final version
+    versions_published: int  # on the totals topic, after the version clients first got
+    final_version: int  # the highest on the totals topic
+    rows: int  # COUNT(*) of the campaign's counted rows
+    published_total: int  # the total of the final version
+    events: int  # updates delivered, all clients together
+    complete_clients: int  # clients whose last update was the final version
+    incomplete_clients: int  # connected clients that did not get it
     delay_ms: dict[str, float]
     api_cpu_seconds: float
     api_peak_rss_mb: float
+
+    @property
+    def totals_match(self) -> bool:
+        return self.rows == self.published_total
 
 
 async def _listen(port: int, listener: Listener) -> None:
@@ -71,6 +85,20 @@ async def _listen(port: int, listener: Listener) -> None:
     finally:
         listener.settled.set()
         writer.close()
+
+
+def _has(listener: Listener, version: int) -> bool:
+    """The client's last update is `version` (versions only grow)."""
+    return bool(listener.received) and listener.received[-1][1] == version
+
+
+async def read_versions(settings: Settings) -> set[tuple[int, int]]:
+    """(version, total) of every version of the campaign on the totals topic."""
+    return {
+        (totals["version"], totals["total"])
+        for record in await read_to_end(settings, settings.topic_totals)
+        if (totals := json.loads(record.value))["campaign"] == CAMPAIGN.slug
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -102,7 +130,16 @@ async def run_fanout(
         await asyncio.sleep(6)  # let the workers' consumer group settle
         cpu_before = _cpu_seconds(api.pid)
         await open_loop("127.0.0.1", port, SIGN, data.bodies[: int(rate * seconds)], rate)
-        await asyncio.sleep(3)  # the last versions reach the clients
+        deadline = time.perf_counter() + max(60.0, 2 * seconds)
+        while True:  # the last version is published, and every client has it (or the bound)
+            rows = await campaign_rows(stack.settings)
+            published = await read_versions(stack.settings)
+            final = max(published, default=(0, -1))
+            if (final[1] == rows and all(_has(x, final[0]) for x in listeners)) or (
+                time.perf_counter() > deadline
+            ):
+                break
+            await asyncio.sleep(0.5)
         cpu = _cpu_seconds(api.pid) - cpu_before
         rss = peak_rss_mb(api.pid)
         for task in tasks:
@@ -110,16 +147,20 @@ async def run_fanout(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    first_versions = {x.received[0][1] for x in listeners if x.received}
     later = [event for x in listeners for event in x.received[1:]]
-    versions = {version for _, version, _ in later}
-    final = max(versions, default=max(first_versions, default=0))
+    connected = [x for x in listeners if x.received]
+    first = min((x.received[0][1] for x in connected), default=0)
+    complete = sum(1 for x in connected if _has(x, final[0]))
     return FanoutResult(
         clients=clients,
-        connected=sum(1 for x in listeners if x.received),
-        versions_published=len(versions),
+        connected=len(connected),
+        versions_published=sum(1 for version, _ in published if version > first),
+        final_version=final[0],
+        rows=rows,
+        published_total=final[1],
         events=len(later),
-        complete_clients=sum(1 for x in listeners if x.received and x.received[-1][1] == final),
+        complete_clients=complete,
+        incomplete_clients=len(connected) - complete,
         delay_ms={
             k: v * 1000 for k, v in percentiles([at - made for at, _, made in later]).items()
         },

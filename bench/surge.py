@@ -3,7 +3,12 @@
 Surge: single-signature POSTs at a fixed rate, open loop, through the whole pipeline (one
 API process, two persist workers, the counter). Each signature's submit-to-counted
 latency runs from its scheduled send to the arrival, on the totals topic, of a version
-at least the `totals_version` its accepted event names.
+at least the `totals_version` its accepted event names. After the last send the surge
+waits, with a generous bound (`settle_bound`), until every accepted POST has ended in the
+database (a row, a counted duplicate or a dead letter), every new row is counted on the
+totals topic and the published total equals COUNT(*): a lagging pipeline makes the
+latencies longer, never fewer. What is still not counted at the bound is reported as
+`uncounted`, and the surge as incomplete.
 
 Maximum: wrk (closed loop, N connections, on this same machine) against the same API,
 stepping the connection count until p99 passes 100 ms; the best rate whose p99 stays under.
@@ -24,7 +29,8 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from bench.data import CAMPAIGN, DataSet, prepare
+from bench.data import CAMPAIGN, DataSet, campaign_rows, prepare
+from bench.drain import Outcome, outcome
 from bench.http import open_loop, percentiles
 from ops.supervisor import running_stack
 from runtime.broker import free_port
@@ -40,9 +46,33 @@ class SurgeResult:
     seconds: float
     sent: int
     errors: int
+    accepted: int  # 202 answers
+    refused: int  # 422 answers
     request_ms: dict[str, float]
     counted_ms: dict[str, float]
-    counted: int
+    counted: int  # new rows whose counting on the totals topic was seen (with a latency)
+    outcome: Outcome  # where the accepted POSTs ended
+    rows: int  # COUNT(*) of the campaign's counted rows
+    published_total: int  # its total on the totals topic, highest version
+    settle_seconds: float  # from the last answer until everything was counted (or the bound)
+
+    @property
+    def uncounted(self) -> int:
+        """New rows whose counting was not seen within the bound: no latency for them."""
+        return self.outcome.stored - self.counted
+
+    @property
+    def totals_match(self) -> bool:
+        return self.rows == self.published_total
+
+    @property
+    def conserved(self) -> bool:
+        """Every accepted POST ended as a row, a counted duplicate or a dead letter."""
+        return self.outcome.accounted == self.accepted
+
+    @property
+    def complete(self) -> bool:
+        return self.uncounted == 0 and self.totals_match and self.conserved
 
 
 @dataclass
@@ -84,6 +114,19 @@ class _Tail:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def published_total(totals: _Tail) -> int:
+    """The total of the highest version seen on the totals topic (-1: none yet)."""
+    latest = max((json.loads(value) for _, value in totals.records),
+                 key=lambda t: t["version"], default=None)  # fmt: skip
+    return int(latest["total"]) if latest else -1
+
+
+def settle_bound(seconds: float) -> float:
+    """How long the surge waits after its last send for everything to be counted: far
+    longer than a healthy pipeline needs, so only a stuck one reaches it."""
+    return max(60.0, 2 * seconds)
 
 
 def counted_latencies(
@@ -128,9 +171,23 @@ async def run_surge(
         await asyncio.sleep(6)  # let the workers' consumer group settle first
         result = await open_loop("127.0.0.1", port, PATH, bodies, rate)
         scheduled = {sent.index: sent.scheduled for sent in result.sent if sent.status == 202}
-        await asyncio.sleep(3)  # the last signatures reach the totals
+        answered = time.perf_counter()
+        deadline = answered + settle_bound(seconds)
+        while True:  # every accepted signature ends somewhere and is counted, or the bound
+            ended = await outcome(s)
+            rows = await campaign_rows(s)
+            counted = counted_latencies(bodies, scheduled, accepted, totals)
+            if (
+                ended.accounted >= len(scheduled)
+                and len(counted) >= ended.stored
+                and published_total(totals) == rows
+            ) or time.perf_counter() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        settled = time.perf_counter()
         await accepted.stop()
         await totals.stop()
+        ended, rows = await outcome(s), await campaign_rows(s)  # as the tails last saw
         await stack.stop_workers()  # the API alone: what one process sustains
         wrk = await asyncio.to_thread(run_wrk_steps, "127.0.0.1", port)
     counted = counted_latencies(bodies, scheduled, accepted, totals)
@@ -141,9 +198,15 @@ async def run_surge(
             seconds=seconds,
             sent=len(result.sent),
             errors=result.errors,
+            accepted=len(scheduled),
+            refused=sum(1 for sent in result.sent if sent.status == 422),
             request_ms=request_ms,
             counted_ms={k: v * 1000 for k, v in percentiles(counted).items()},
             counted=len(counted),
+            outcome=ended,
+            rows=rows,
+            published_total=published_total(totals),
+            settle_seconds=settled - answered,
         ),
         wrk,
     )
