@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 
@@ -55,23 +56,31 @@ SECRETS = {
 }
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_file_is_valid() -> None:
     done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_a_secret() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_DEDUPE_SECRET": ""})
     assert done.returncode != 0
     assert "SIGNATURES_DEDUPE_SECRET" in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_smtp_password() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_SMTP_PASSWORD": ""})
     assert done.returncode != 0
     assert "SIGNATURES_SMTP_PASSWORD" in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_master_key() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_MASTER_KEY": ""})
     assert done.returncode != 0
@@ -93,6 +102,8 @@ def test_every_app_service_shares_one_configuration() -> None:
     assert "service_healthy" in text and "pg_isready" in text
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_services_database_passwords() -> None:
     for name in ("SIGNATURES_API_DB_PASSWORD", "SIGNATURES_WORKER_DB_PASSWORD"):
         done = compose_config(**{**SECRETS, name: ""})
@@ -100,6 +111,8 @@ def test_compose_refuses_to_run_without_the_services_database_passwords() -> Non
         assert name in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_only_migrate_connects_as_the_owner() -> None:
     binary = shutil.which("docker-compose")
     assert binary
@@ -130,6 +143,8 @@ def test_only_migrate_connects_as_the_owner() -> None:
     assert owner.startswith("postgresql://postgres:")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_monitoring_profile_is_valid() -> None:
     done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr

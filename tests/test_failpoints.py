@@ -113,6 +113,7 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 def test_stop_freezes_the_process_until_it_is_continued() -> None:
     script = "from runtime.failpoints import failpoint; failpoint('p'); print('continued')"
     env = {**os.environ, "SIGNATURES_FAILPOINTS": "p=1*stop"}
