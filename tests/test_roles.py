@@ -318,6 +318,7 @@ async def test_pipeline_runs_each_service_as_its_role(
     assert users == {owner, SERVICE_USERS["api"], SERVICE_USERS["worker"]}
 
 
+@pytest.mark.slow
 def test_migrate_makes_the_operators_login_and_their_commands_use_it(
     database_url: str, tmp_path: Path
 ) -> None:

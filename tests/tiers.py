@@ -1,9 +1,9 @@
 """The test tiers hold: a test does nothing its markers leave out.
 
 `integration`: talks to PostgreSQL, the broker or Redis, or runs a program that is not
-this project's (docker-compose, wrk, chromium). `slow`: starts or signals processes
-(workers, the API, a broker of its own, any external program), injects faults, or runs
-long. So `-m "not integration"` needs no service and `-m "not slow"` starts no process.
+this project's (docker-compose, pg_dump, git, wrk, chromium). `slow`: starts or signals
+processes (workers, the API, a broker of its own, any external program), injects faults,
+or runs long. So `-m "not integration"` needs no service and `-m "not slow"` starts no process.
 
 Two things keep the markers true. A test that uses a fixture of the real services
 (`database_url`, `pool`, `settings`, `kafka_bootstrap`, or any fixture built on them) is
@@ -73,20 +73,29 @@ _service_ports: set[int] = {REDIS_PORT}
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _watching:
+    if not _watching:
+        return
+    try:
         _watching[-1].saw(event, args)
+    except (TypeError, ValueError, IndexError, OSError) as error:  # an odd spawn's arguments
+        # a hook that raises would break the call it audits: fail the test instead
+        _watching[-1].did.append(f"{event} with arguments the tier check cannot read: {error}")
 
 
 def _program(event: str, args: tuple[Any, ...]) -> str:
     """The program an audited spawn runs, as named (or "(fork)")."""
     if event in {"os.fork", "os.forkpty"}:
         return "(fork)"
-    program = args[0]
-    if event == "subprocess.Popen" and program is None:  # (executable, args, cwd, env)
-        argv = args[1]
-        program = argv if isinstance(argv, str | bytes | os.PathLike) else argv[0]
     if event == "os.system":  # (command,)
-        return os.fsdecode(program).split(maxsplit=1)[0]
+        return os.fsdecode(args[0]).split(maxsplit=1)[0] if args[0] else "?"
+    if event == "subprocess.Popen":  # (executable, args, cwd, env)
+        program = args[0] if args[0] is not None else args[1]
+    elif event == "os.spawn":  # (mode, path, args, env)
+        program = args[1]
+    else:  # os.exec, os.posix_spawn: (path, argv, env); pty.spawn: (argv,)
+        program = args[0]
+    if not isinstance(program, str | bytes | os.PathLike):
+        program = program[0] if program else "?"
     return os.fsdecode(program)
 
 
