@@ -171,7 +171,7 @@ class Outcomes:
             return "was dropped"
         record = decode(value, _ANY_SIZE)
         if isinstance(record, Rejection):
-            return f"is invalid ({record.reason.value}) but submission {sid} is stored"
+            return f"is invalid ({record.reason.value}) but submission {sid} is kept"
         differs = kept.differs_from(record)
         if differs:
             return f"is not what submission {sid} keeps ({', '.join(differs)} differ)"

@@ -71,8 +71,9 @@ class Drained:
 
     async def position(self, body: dict[str, Any]) -> tuple[int, int, bytes]:
         """The partition, offset and value of the record that carried this body."""
+        value = encode([body])[0]
         for r in await read_to_end(self.settings, self.settings.topic_submitted):
-            if json.loads(r.value)["submission_id"] == body["submission_id"]:
+            if r.value == value:
                 return r.partition, r.offset, r.value
         raise AssertionError("no such record")
 
@@ -162,6 +163,19 @@ async def test_a_row_that_is_another_records(drained: Drained) -> None:
     assert (
         f"record {partition}/{offset} is not what submission {mine['submission_id']} keeps "
         "(country, submitted_at differ)"
+    ) in problems
+
+
+@pytest.mark.integration
+async def test_an_invalid_record_that_a_row_claims(drained: Drained) -> None:
+    """A record nobody dead-lettered, invalid, under the id of a stored submission."""
+    forged = {**drained.people[0], "country": "XX"}
+    await produce(drained.settings, encode([forged]))
+    partition, offset, _ = await drained.position(forged)
+    problems = await drained.check()
+    assert (
+        f"record {partition}/{offset} is invalid (invalid_country) but submission "
+        f"{forged['submission_id']} is kept"
     ) in problems
 
 
