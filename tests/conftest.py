@@ -31,6 +31,11 @@ SECRET = "test-dedupe-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY="
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # every test stays in its tier (tests/tiers.py)
+    config.pluginmanager.import_plugin("tests.tiers")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

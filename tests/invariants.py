@@ -14,17 +14,20 @@ import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from ops.dlq import read_dead_letters
+from consumers.validate import Rejection, decode
+from ops.dlq import DeadLetter, read_dead_letters
 from runtime.kafka import read_to_end
 from runtime.offsets import committed_offsets, group_lag
 from runtime.settings import Settings
-from schemas.events import CampaignTotals, DeadLetterHeaders
+from schemas.events import CampaignTotals
+from schemas.submission import Submission
 
 
 class Told(StrEnum):
@@ -75,12 +78,42 @@ class History:
 FINAL_STATES = frozenset({"confirmed", "pending", "removed", "undeliverable"})
 
 
+# Where a dead letter's record came from: its topic, partition and offset.
+Origin = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a stored row, a recorded duplicate or an erased submission keeps of the record
+    it came from (every kind keeps the campaign; rows and duplicates keep the source; rows
+    keep country and submission time through erasure by their owner and retention)."""
+
+    campaign: str
+    source: str | None = None
+    country: str | None = None
+    submitted_at: datetime | None = None
+
+    def differs_from(self, record: Submission) -> list[str]:
+        """The fields in which this differs from the record's normalised values."""
+        theirs = {
+            "campaign": record.campaign,
+            "source": record.source,
+            "country": record.country,
+            "submitted_at": record.submitted_at,
+        }
+        return [
+            name
+            for name, value in theirs.items()
+            if (kept := getattr(self, name)) is not None and kept != value
+        ]
+
+
 @dataclass
 class Outcomes:
     rows: dict[str, str]  # submission_id -> campaign
     duplicates: set[str]
-    dead_letters: dict[tuple[int, int], DeadLetterHeaders]  # by origin partition/offset
-    dead_lettered_ids: set[str]
+    dead_letters: dict[Origin, DeadLetter]  # by origin topic, partition and offset
+    dead_lettered_ids: set[str]  # submissions dead-lettered from the submitted topic
     states: dict[str, str] = field(default_factory=dict)  # submission_id -> state
     # the rows that count in public, by the rows' own `counted` column: confirmed and not
     # held by a flag nor invalidated (schemas/migrations/0008_flags.sql)
@@ -88,37 +121,64 @@ class Outcomes:
     # submissions of forgotten people: deleted by an erasure, or suppressed afterwards
     # (schemas/migrations/0010_erasure_retention.sql)
     erased: set[str] = field(default_factory=set)
+    # what each row, duplicate and erased submission says of its record, by submission id
+    kept: dict[str, Described] = field(default_factory=dict)
 
     @classmethod
     async def read(cls, settings: Settings, pool: asyncpg.Pool) -> Outcomes:
-        stored = await pool.fetch("SELECT submission_id, campaign, state, counted FROM signatures")
+        stored = await pool.fetch(
+            "SELECT submission_id, campaign, state, counted, source, country, submitted_at "
+            "FROM signatures"
+        )
         rows = {str(r["submission_id"]): r["campaign"] for r in stored}
         states = {str(r["submission_id"]): r["state"] for r in stored}
         counted = {str(r["submission_id"]) for r in stored if r["counted"]}
-        duplicates = {
-            str(r["submission_id"])
-            for r in await pool.fetch("SELECT submission_id FROM duplicate_submissions")
+        kept = {
+            str(r["submission_id"]): Described(
+                r["campaign"], r["source"], r["country"], r["submitted_at"]
+            )
+            for r in stored
         }
-        dead: dict[tuple[int, int], DeadLetterHeaders] = {}
+        duplicates: set[str] = set()
+        for r in await pool.fetch(
+            "SELECT submission_id, campaign, source FROM duplicate_submissions"
+        ):
+            duplicates.add(str(r["submission_id"]))
+            kept.setdefault(str(r["submission_id"]), Described(r["campaign"], r["source"]))
+        dead: dict[Origin, DeadLetter] = {}
         dead_ids: set[str] = set()
         for letter in await read_dead_letters(settings):
-            dead[(letter.headers.origin_partition, letter.headers.origin_offset)] = letter.headers
+            h = letter.headers
+            dead[(h.origin_topic, h.origin_partition, h.origin_offset)] = letter
             sid = _submission_id(letter.value)
-            if sid is not None:
+            if sid is not None and h.origin_topic == settings.topic_submitted:
                 dead_ids.add(sid)
-        erased = {
-            str(r["submission_id"])
-            for r in await pool.fetch("SELECT submission_id FROM erased_submissions")
-        }
-        return cls(rows, duplicates, dead, dead_ids, states, counted, erased)
+        erased: set[str] = set()
+        for r in await pool.fetch("SELECT submission_id, campaign FROM erased_submissions"):
+            erased.add(str(r["submission_id"]))
+            kept.setdefault(str(r["submission_id"]), Described(r["campaign"]))
+        return cls(rows, duplicates, dead, dead_ids, states, counted, erased, kept)
 
-    def accounts_for(self, partition: int, offset: int, value: bytes | None) -> bool:
-        if (partition, offset) in self.dead_letters:
-            return True
+    def unaccounted(self, topic: str, partition: int, offset: int, value: bytes | None) -> str:
+        """Why a consumed record ended nowhere, or "" if it ended as a dead letter (from
+        that very topic, partition and offset), or as the row, duplicate or erasure of its
+        own submission: one that keeps the record's campaign, source, country and time."""
+        if (topic, partition, offset) in self.dead_letters:
+            return ""
         sid = _submission_id(value)
-        return sid is not None and (
-            sid in self.rows or sid in self.duplicates or sid in self.erased
-        )
+        kept = self.kept.get(sid) if sid is not None else None
+        if sid is None or kept is None:
+            return "was dropped"
+        record = decode(value, _ANY_SIZE)
+        if isinstance(record, Rejection):
+            return f"is invalid ({record.reason.value}) but submission {sid} is kept"
+        differs = kept.differs_from(record)
+        if differs:
+            return f"is not what submission {sid} keeps ({', '.join(differs)} differ)"
+        return ""
+
+
+_ANY_SIZE = 1 << 30  # the check reads back whatever was consumed, whatever its size
 
 
 def _submission_id(value: bytes | None) -> str | None:
@@ -131,19 +191,36 @@ def _submission_id(value: bytes | None) -> str | None:
     return None
 
 
+def dead_letter_problems(
+    letters: dict[Origin, DeadLetter], topics: dict[str, Sequence[Any]]
+) -> list[str]:
+    """Each dead letter is the record at its origin, byte for byte, on a topic consumed."""
+    at = {
+        (topic, r.partition, r.offset): r.value
+        for topic, records in topics.items()
+        for r in records
+    }
+    problems = []
+    for origin, letter in letters.items():
+        where = "{}:{}:{}".format(*origin)
+        if origin not in at:
+            problems.append(f"dead letter {letter.ref} has no record at its origin {where}")
+        elif at[origin] != letter.value:
+            problems.append(f"dead letter {letter.ref} differs from its origin {where}")
+    return problems
+
+
 async def uncovered_commits(settings: Settings, pool: asyncpg.Pool) -> list[str]:
     """Committed offsets never pass what has been persisted (or dead-lettered)."""
-    committed = await committed_offsets(settings, settings.persist_group, settings.topic_submitted)
+    topic = settings.topic_submitted
+    committed = await committed_offsets(settings, settings.persist_group, topic)
     outcomes = await Outcomes.read(settings, pool)
-    problems = []
-    for record in await read_to_end(settings, settings.topic_submitted, timeout=30):
-        if record.offset < committed.get(record.partition, 0) and not outcomes.accounts_for(
-            record.partition, record.offset, record.value
-        ):
-            problems.append(
-                f"offset {record.partition}/{record.offset} committed but not persisted"
-            )
-    return problems
+    return [
+        f"offset {record.partition}/{record.offset} committed but not persisted"
+        for record in await read_to_end(settings, topic, timeout=30)
+        if record.offset < committed.get(record.partition, 0)
+        and outcomes.unaccounted(topic, record.partition, record.offset, record.value)
+    ]
 
 
 async def lag(settings: Settings) -> dict[str, int]:
@@ -301,11 +378,19 @@ async def check(
 
     # conservation: every consumed record ended as a row, a duplicate, a dead letter or
     # erased (rows + duplicates + dead letters + erased = records)
+    # A dead-lettered record counts only under its own origin, and a row only for the
+    # record it was made from.
     submitted = await read_to_end(settings, settings.topic_submitted, timeout=30)
+    for r in submitted:
+        why = outcomes.unaccounted(settings.topic_submitted, r.partition, r.offset, r.value)
+        if why:
+            problems.append(f"record {r.partition}/{r.offset} {why}")
+    accepted = await read_to_end(settings, settings.topic_accepted, timeout=30)
     problems.extend(
-        f"record {r.partition}/{r.offset} was dropped"
-        for r in submitted
-        if not outcomes.accounts_for(r.partition, r.offset, r.value)
+        dead_letter_problems(
+            outcomes.dead_letters,
+            {settings.topic_submitted: submitted, settings.topic_accepted: accepted},
+        )
     )
 
     stored_problems, counts = await _stored_totals_problems(pool, outcomes)
@@ -319,24 +404,20 @@ async def check(
                 f"{row['campaign']}: {row['duplicates']} duplicates counted, "
                 f"{row['recorded']} recorded"
             )
-    announced = {
-        json.loads(r.value)["signature_id"]
-        for r in await read_to_end(settings, settings.topic_accepted, timeout=30)
-        if r.value
-    }
+    announced = {json.loads(r.value)["signature_id"] for r in accepted if r.value}
     stored_ids = {r["id"] for r in await pool.fetch("SELECT id FROM signatures")}
     problems.extend(
         f"signature {sid} stored without an accepted event"
         for sid in sorted(stored_ids - announced)
     )
     totals = await read_to_end(settings, settings.topic_totals, timeout=30)
-    forgotten = {
+    erased_from = {
         r["campaign"]
         for r in await pool.fetch(
             "SELECT DISTINCT campaign FROM erased_submissions WHERE reason = 'erased'"
         )
     }
-    problems.extend(totals_problems([r.value for r in totals], dict(counts), forgotten))
+    problems.extend(totals_problems([r.value for r in totals], dict(counts), erased_from))
 
     problems.extend(await uncovered_commits(settings, pool))
     problems.extend(f"group {g} has lag {n}" for g, n in (await lag(settings)).items() if n)

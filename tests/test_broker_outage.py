@@ -169,5 +169,6 @@ async def test_a_broker_outage_means_503_and_retried_bodies_are_stored_once(
 
     assert await stored(pool) == dict.fromkeys(ids, 1)
     kept = await pool.fetchrow("SELECT total, duplicates FROM campaign_totals")
+    assert kept is not None
     assert tuple(kept) == (len(ids), 0)  # a retry is neither a new signer nor a duplicate
     assert (await read_published_totals(settings))[CAMPAIGN.slug].total == len(ids)

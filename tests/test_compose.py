@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def _no_env_file(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def compose(
-    *args: str, env_file: Path | None = None, **env: str
+    *args: str, env_file: Path | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is installed by scripts/bootstrap"
@@ -62,7 +63,7 @@ def compose(
     return subprocess.run(
         [binary, *options, *args],
         cwd=ROOT,
-        env={**clean, **env},
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -71,7 +72,7 @@ def compose(
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
-    return compose("config", "-q", **env)
+    return compose("config", "-q", env=env)
 
 
 SECRETS = {
@@ -86,23 +87,31 @@ SECRETS = {
 }
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_file_is_valid() -> None:
     done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_a_secret() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_DEDUPE_SECRET": ""})
     assert done.returncode != 0
     assert "SIGNATURES_DEDUPE_SECRET" in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_smtp_password() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_SMTP_PASSWORD": ""})
     assert done.returncode != 0
     assert "SIGNATURES_SMTP_PASSWORD" in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_master_key() -> None:
     done = compose_config(**{**SECRETS, "SIGNATURES_MASTER_KEY": ""})
     assert done.returncode != 0
@@ -124,6 +133,8 @@ def test_every_app_service_shares_one_configuration() -> None:
     assert "service_healthy" in text and "pg_isready" in text
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_compose_refuses_to_run_without_the_services_database_passwords() -> None:
     for name in ("SIGNATURES_API_DB_PASSWORD", "SIGNATURES_WORKER_DB_PASSWORD"):
         done = compose_config(**{**SECRETS, name: ""})
@@ -131,6 +142,8 @@ def test_compose_refuses_to_run_without_the_services_database_passwords() -> Non
         assert name in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_only_migrate_connects_as_the_owner() -> None:
     binary = shutil.which("docker-compose")
     assert binary
@@ -162,6 +175,8 @@ def test_only_migrate_connects_as_the_owner() -> None:
     assert owner.startswith("postgresql://postgres:")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_monitoring_profile_is_valid() -> None:
     done = compose_config(**SECRETS)
     assert done.returncode == 0, done.stderr
@@ -208,7 +223,7 @@ def test_dashboard_and_scrape_config_name_only_real_metrics() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, Any]:
-    done = compose("--profile", "cluster", "config", **SECRETS)
+    done = compose("--profile", "cluster", "config", env=SECRETS)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert isinstance(config, dict)
@@ -243,10 +258,12 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_cluster_profile_is_valid() -> None:
-    done = compose("--profile", "cluster", "config", "-q", **SECRETS)
+    done = compose("--profile", "cluster", "config", "-q", env=SECRETS)
     assert done.returncode == 0, done.stderr
-    assert "cluster" in compose("config", "--profiles", **SECRETS).stdout.split()
+    assert "cluster" in compose("config", "--profiles", env=SECRETS).stdout.split()
 
 
 def test_every_secret_is_required() -> None:
@@ -254,15 +271,19 @@ def test_every_secret_is_required() -> None:
     assert set(SECRETS) == REQUIRED
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SECRETS))
 def test_a_missing_secret_stops_compose_and_is_named(name: str) -> None:
     # unset here; set but empty is refused too (the tests above, and .env.example's below)
     others = {k: v for k, v in SECRETS.items() if k != name}
-    done = compose("--profile", "cluster", "config", "-q", **others)
+    done = compose("--profile", "cluster", "config", "-q", env=others)
     assert done.returncode != 0, name
     assert name in done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_no_secret_has_a_default(cluster: dict[str, Any]) -> None:
     # in the file: every secret interpolated is `${NAME:?...}`, never `${NAME:-default}`
     uses = re.findall(r"\$\{(\w+)(:?[-?+]?)", COMPOSE_TEXT)
@@ -279,6 +300,8 @@ def test_no_secret_has_a_default(cluster: dict[str, Any]) -> None:
     assert {"GF_SECURITY_ADMIN_PASSWORD", "KAFKA_SASL_PASSWORD", "POSTGRES_PASSWORD"} <= seen
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_three_kafka_brokers_replicate_every_topic_three_times(cluster: dict[str, Any]) -> None:
     nodes = brokers(cluster)
     assert len(nodes) == 3, sorted(nodes)
@@ -310,6 +333,8 @@ def test_three_kafka_brokers_replicate_every_topic_three_times(cluster: dict[str
     assert len(logs) == 3, "every broker keeps its own log"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_services_use_every_broker_and_replication_three(cluster: dict[str, Any]) -> None:
     listeners = {
         str(node["environment"]["KAFKA_ADVERTISED_LISTENERS"]).removeprefix("PLAINTEXT://")
@@ -329,8 +354,10 @@ def test_the_services_use_every_broker_and_replication_three(cluster: dict[str, 
         assert not set(service.get("depends_on") or {}) & set(brokers(cluster)), name
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_topics_job_retries_until_kafka_takes_them(tmp_path: Path) -> None:
-    config = yaml.safe_load(compose("config", **SECRETS).stdout)
+    config = yaml.safe_load(compose("config", env=SECRETS).stdout)
     topics = config["services"]["topics"]
     assert topics["entrypoint"] == ["sh", "-c"]
     (script,) = topics["command"]
@@ -378,8 +405,10 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_only_the_api_is_published_beyond_this_host() -> None:
-    done = compose("--profile", "cluster", "--profile", "monitoring", "config", **SECRETS)
+    done = compose("--profile", "cluster", "--profile", "monitoring", "config", env=SECRETS)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
     ports = {name: published_ports(service) for name, service in services.items()}
@@ -414,6 +443,8 @@ def test_env_example_lists_every_variable_the_compose_file_reads() -> None:
     assert "cluster" in str(values["COMPOSE_PROFILES"]).split(",")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_env_example_holds_no_secret_and_is_refused_until_they_are_filled(
     tmp_path: Path,
 ) -> None:

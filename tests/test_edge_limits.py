@@ -177,7 +177,7 @@ class EdgeEntry:
     name: str
     method: str
     path: str
-    headers: dict[str, bytes]
+    headers: dict[bytes, bytes]
     body: bytes
     expect: str
 
@@ -196,7 +196,9 @@ def edge_corpus() -> list[EdgeEntry]:
                 method=spec.get("method", "GET"),
                 path=_expand(spec["path"]),
                 # header values as raw bytes, Unicode as UTF-8: what a hostile client sends
-                headers={k: _expand(v).encode() for k, v in spec.get("headers", {}).items()},
+                headers={
+                    k.encode(): _expand(v).encode() for k, v in spec.get("headers", {}).items()
+                },
                 body=_expand(spec.get("body", "")).encode(),
                 expect=spec["expect"],
             )

@@ -174,6 +174,7 @@ def pg_dump(database_url: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 async def test_nothing_personal_in_a_dump_and_readable_where_needed(
     settings: Settings, pool: asyncpg.Pool, database_url: str

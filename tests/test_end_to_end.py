@@ -53,7 +53,7 @@ async def test_http_to_published_totals(settings: Settings, pool: asyncpg.Pool, 
         assert len(ids) == 40
 
         # The same people again, with their emails in other cases: the very same answer.
-        again = await client.post(url, json={**people[0], "email": people[0]["email"].upper()})
+        again = await client.post(url, json={**people[0], "email": str(people[0]["email"]).upper()})
         assert again.status_code == 202
         assert set(again.json()) == {"submission_id"}
 

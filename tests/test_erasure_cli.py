@@ -21,6 +21,7 @@ from tests.test_cli import cli_env, signatures
 pytestmark = [pytest.mark.integration]
 
 
+@pytest.mark.slow
 async def test_forget_and_retention_from_the_command_line(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:

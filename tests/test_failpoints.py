@@ -186,6 +186,7 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.slow
 def test_stop_freezes_the_process_until_it_is_continued() -> None:
     script = (
         "from runtime.failpoints import failpoint;failpoint('mail.after_send'); print('continued')"

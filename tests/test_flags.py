@@ -218,7 +218,11 @@ async def test_each_flag_is_stored_uncounted_and_answered_like_any_other(
             return bool(await pool.fetchval("SELECT count(*) FROM signatures") == n)
 
         await wait_until(lambda: rows(12), timeout=60, interval=0.2)
-        await wait_until(lambda: published(12), timeout=30, interval=0.2)
+
+        async def shows(total: int) -> bool:
+            return await published(total) is not None
+
+        await wait_until(lambda: shows(12), timeout=30, interval=0.2)
         before = await published(12)
         assert before is not None
 

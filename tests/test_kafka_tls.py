@@ -149,7 +149,9 @@ async def test_topics_produce_and_consume_over_tls(
     configs = {entry[0]: entry[1] for r in described for res in r.resources for entry in res[4]}
     assert configs["min.insync.replicas"] == "1"
 
-    records = [(f"k{i}".encode(), f"v{i}".encode(), []) for i in range(50)]
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = [
+        (f"k{i}".encode(), f"v{i}".encode(), []) for i in range(50)
+    ]
     producer = make_producer(s)
     await producer.start()
     try:

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # The image's interpreter and platforms (scripts/lock): markers are judged for these.
-IMAGE_ENVIRONMENTS = [
+IMAGE_ENVIRONMENTS: list[dict[str, str]] = [
     {
-        **default_environment(),
+        **{key: str(value) for key, value in default_environment().items()},
         "python_version": "3.11",
         "python_full_version": "3.11.0",
         "sys_platform": "linux",

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import pytest
@@ -139,9 +139,7 @@ async def store(settings: Settings, bodies: list[dict[str, Any]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def mail_worker(
-    settings: Settings, retry: RetryPolicy = FAST
-) -> AsyncIterator[Callable[[Callable[[], Awaitable[bool]], float], Awaitable[None]]]:
+async def mail_worker(settings: Settings, retry: RetryPolicy = FAST) -> AsyncIterator[Until]:
     """A running mail worker, and a wait that fails at once if the worker died."""
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(WorkerKind.MAIL, settings, stop, mail_retry=retry))
@@ -160,6 +158,14 @@ async def mail_worker(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+class Until(Protocol):
+    """Waits for a condition, failing at once if the worker died."""
+
+    def __call__(
+        self, condition: Callable[[], Awaitable[bool]], timeout: float = 60
+    ) -> Awaitable[None]: ...
 
 
 def _part(message: EmailMessage, subtype: str) -> str:

@@ -121,6 +121,7 @@ async def test_reconcile_never_loses_what_workers_add_meanwhile(
     }
     assert (await counted_rows(pool))[CAMPAIGN.slug] == RACE_PEOPLE
     kept = await pool.fetchrow("SELECT total, duplicates, pending FROM campaign_totals")
+    assert kept is not None
     assert tuple(kept) == (RACE_PEOPLE, RACE_REPEATS, 0)
     breakdown = await pool.fetch("SELECT dimension, key, count FROM campaign_breakdown")
     assert {f"{r['dimension']}:{r['key']}": r["count"] for r in breakdown} == expected

@@ -178,6 +178,7 @@ async def api_process(
             await asyncio.wait_for(process.wait(), 30)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 async def test_key_lifecycle_create_use_revoke(
     settings: Settings, pool: asyncpg.Pool, api_process: tuple[str, dict[str, str], Path]
@@ -346,6 +347,7 @@ async def test_each_refusal_of_a_key_and_where_the_source_comes_from(
 # --- confirming partners through the whole pipeline ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 async def test_a_confirming_partner_counts_at_once_a_plain_one_waits(
     settings: Settings, pool: asyncpg.Pool

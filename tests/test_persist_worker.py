@@ -7,6 +7,7 @@ import json
 import unicodedata
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -165,7 +166,7 @@ async def test_counter_publishes_exact_totals(settings: Settings, pool: asyncpg.
     await drain(settings)
     await drain(settings, WorkerKind.COUNT)
 
-    published = {}
+    published: dict[str, dict[str, Any]] = {}
     for record in await read_to_end(settings, settings.topic_totals):
         value = json.loads(record.value)
         assert record.key.decode() == value["campaign"]
@@ -212,6 +213,7 @@ def test_accepted_event_json_is_the_contract() -> None:
     )
     now = datetime.now(UTC)
     key, value, headers = _accepted(signature, now.isoformat(), 12)
+    assert value is not None
     event = AcceptedEvent.model_validate_json(value)
     assert (key, headers) == (b"cecenia", [])
     assert event == AcceptedEvent(

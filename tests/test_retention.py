@@ -175,7 +175,7 @@ async def test_retention_anonymises_only_closed_campaigns_past_their_retention(
     backup = await pool.fetchrow(
         "SELECT key_id, pii FROM signatures WHERE campaign = $1 LIMIT 1", due.slug
     )
-    assert backup["pii"] is not None
+    assert backup is not None and backup["pii"] is not None
 
     now = datetime.now(UTC)
     dry = await run_retention(pool, now, dry_run=True)

@@ -64,6 +64,7 @@ async def cli(settings: Settings, *args: str) -> Ran:
     return Ran(process.returncode, stdout.decode())
 
 
+@pytest.mark.slow
 async def test_review_list_accept_and_invalidate_with_dry_runs_first(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:

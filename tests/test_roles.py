@@ -28,7 +28,7 @@ from runtime.db import create_pool
 from runtime.erasure_requests import record_request
 from runtime.mailbox import Mailbox
 from runtime.roles import LoginRefused, ensure_logins
-from runtime.settings import Settings
+from runtime.settings import Service, Settings
 from tests.conftest import SERVICE_USERS, as_user
 from tests.helpers import (
     REQUIRED_CAMPAIGN,
@@ -80,24 +80,26 @@ async def _store_one(settings: Settings, pool: asyncpg.Pool) -> tuple[uuid.UUID,
         stop.set()
         await worker
     submission_id = uuid.UUID(str(record["submission_id"]))
-    token = await new_token(
-        pool,
-        submission_id,
-        REQUIRED_CAMPAIGN.slug,
-        now=datetime.now(UTC),
-        ttl=timedelta(days=1),
-    )
+    async with pool.acquire() as conn:
+        token = await new_token(
+            conn,
+            submission_id,
+            REQUIRED_CAMPAIGN.slug,
+            now=datetime.now(UTC),
+            ttl=timedelta(days=1),
+        )
     return submission_id, token
 
 
 async def test_service_users_are_members_of_their_role_only(settings: Settings) -> None:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        for service, group in (
+        services: tuple[tuple[Service, str], ...] = (
             ("api", "signatures_api"),
             ("worker", "signatures_worker"),
             ("operator", "signatures_operator"),
-        ):
+        )
+        for service, group in services:
             user = settings.database_url_for(service).split("//", 1)[1].split("@")[0]
             groups = await conn.fetchval(
                 """SELECT array_agg(g.rolname::text) FROM pg_auth_members m
@@ -211,10 +213,11 @@ async def test_api_role_confirms_and_removes(settings: Settings, pool: asyncpg.P
             )
             == 1
         )
-        later = await new_token(
-            pool, submission_id, REQUIRED_CAMPAIGN.slug, now=datetime.now(UTC),
-            ttl=timedelta(days=1),
-        )  # fmt: skip
+        async with pool.acquire() as conn:
+            later = await new_token(
+                conn, submission_id, REQUIRED_CAMPAIGN.slug, now=datetime.now(UTC),
+                ttl=timedelta(days=1),
+            )  # fmt: skip
         # a reminder's link, pressed "this wasn't me" after confirming: the signature
         # stays counted (the API read its state, not who signed)
         assert (await use_token(api_pool, later, Action.REMOVE))[0] is Outcome.ALREADY_CONFIRMED
@@ -315,6 +318,7 @@ async def test_pipeline_runs_each_service_as_its_role(
     assert users == {owner, SERVICE_USERS["api"], SERVICE_USERS["worker"]}
 
 
+@pytest.mark.slow
 def test_migrate_makes_the_operators_login_and_their_commands_use_it(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ def test_local_secret_is_stable(
     assert first == second and len(first) >= 32
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_config_in_one_line_and_exit_2() -> None:
     env = {**os.environ, "SIGNATURES_BATCH_MAX_RECORDS": "0"}
     done = subprocess.run(
