@@ -174,6 +174,7 @@ def test_bench_stream_smoke_run(database_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(MICRO_SECONDS + MARGIN)
+@pytest.mark.slow
 def test_bench_micro_gives_every_section(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
     env["SIGNATURES_STATE_DIR"] = str(tmp_path)

@@ -252,6 +252,8 @@ def build_context() -> set[str]:
     return {f for f in git_files() if not is_ignored(f, patterns)}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
     build = read_dockerfile((ROOT / "Dockerfile").read_text())
     context = build_context()

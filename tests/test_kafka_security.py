@@ -348,6 +348,7 @@ async def test_producers_wait_for_every_in_sync_replica(
         await producer.stop()
 
 
+@pytest.mark.slow
 def test_up_refuses_tls_or_sasl_with_the_embedded_broker(tmp_path: Path) -> None:
     """tansu speaks PLAINTEXT only: `up` without KAFKA_BOOTSTRAP_SERVERS says so at once
     instead of starting everything and failing to connect."""

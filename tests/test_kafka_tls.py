@@ -33,7 +33,7 @@ from runtime.topics import ensure_topics
 from tests.conftest import ARTIFACTS, make_settings
 from tests.tls import Authority, Issued
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # starts brokers of its own
 
 NO_DATABASE = "postgresql://postgres@127.0.0.1:5432/unused"
 
