@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from runtime import failpoints
 from runtime.broker import EmbeddedBroker
 from runtime.db import apply_migrations, create_pool
 from runtime.roles import ensure_logins
@@ -34,6 +35,18 @@ MASTER_KEY = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY="
 def pytest_configure(config: pytest.Config) -> None:
     # every test stays in its tier (tests/tiers.py)
     config.pluginmanager.import_plugin("tests.tiers")
+
+
+@pytest.fixture
+def failpoints_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Failpoints of this process, set per test with `setenv(failpoints.ENV, ...)`: the
+    cached specification and the fired counts forgotten before and after."""
+    failpoints._active.cache_clear()
+    failpoints._fired.clear()
+    yield monkeypatch
+    monkeypatch.delenv(failpoints.ENV, raising=False)
+    failpoints._active.cache_clear()
+    failpoints._fired.clear()
 
 
 @pytest.fixture(scope="session")

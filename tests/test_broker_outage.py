@@ -9,7 +9,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -42,17 +42,6 @@ async def own_broker() -> AsyncIterator[EmbeddedBroker]:
     finally:
         broker.resume()
         await asyncio.to_thread(broker.stop)
-
-
-@pytest.fixture
-def armed(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """Failpoints of this process (the API runs in it), forgotten before and after."""
-    failpoints._active.cache_clear()
-    failpoints._fired.clear()
-    yield monkeypatch
-    monkeypatch.delenv(failpoints.ENV, raising=False)
-    failpoints._active.cache_clear()
-    failpoints._fired.clear()
 
 
 async def fresh_get(url: str) -> httpx.Response:
@@ -106,7 +95,10 @@ async def stored(pool: asyncpg.Pool) -> dict[str, int]:
 
 
 async def test_a_broker_outage_means_503_and_retried_bodies_are_stored_once(
-    database_url: str, pool: asyncpg.Pool, own_broker: EmbeddedBroker, armed: pytest.MonkeyPatch
+    database_url: str,
+    pool: asyncpg.Pool,
+    own_broker: EmbeddedBroker,
+    failpoints_env: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(database_url, own_broker.bootstrap)
     await ensure_topics(settings, own_broker.bootstrap)
@@ -125,7 +117,7 @@ async def test_a_broker_outage_means_503_and_retried_bodies_are_stored_once(
             assert (await client.post(url, json=before)).status_code == 202
 
             # The broker takes `lost`, but its acknowledgement never reaches the API.
-            armed.setenv(failpoints.ENV, "sign.after_broker_ack=1*timeout")
+            failpoints_env.setenv(failpoints.ENV, "sign.after_broker_ack=1*timeout")
             failpoints._active.cache_clear()
             answer = await client.post(url, json=lost)
             assert (answer.status_code, answer.json()) == (503, UNAVAILABLE)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
     "packages"
 ]  # the code that is installed, so a new package is read too
-
-
-@pytest.fixture
-def enabled(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """The variable set per test; the cached specification forgotten before and after."""
-    failpoints._active.cache_clear()
-    failpoints._fired.clear()
-    yield monkeypatch
-    monkeypatch.delenv(failpoints.ENV, raising=False)
-    failpoints._active.cache_clear()
-    failpoints._fired.clear()
 
 
 def test_a_specification_names_one_action_per_failpoint() -> None:
@@ -97,38 +85,38 @@ def test_actions_read_back_as_written() -> None:
     assert [str(parse_action(action)) for action in written] == written
 
 
-def test_without_the_variable_no_failpoint_fires(enabled: pytest.MonkeyPatch) -> None:
-    enabled.delenv(failpoints.ENV, raising=False)
+def test_without_the_variable_no_failpoint_fires(failpoints_env: pytest.MonkeyPatch) -> None:
+    failpoints_env.delenv(failpoints.ENV, raising=False)
     failpoint("persist.before_db_commit")  # returns: nothing is enabled
     assert failpoints._active() == {}
 
 
-def test_raise_fires_only_at_its_own_name(enabled: pytest.MonkeyPatch) -> None:
-    enabled.setenv(failpoints.ENV, "persist.after_db_commit=raise")
+def test_raise_fires_only_at_its_own_name(failpoints_env: pytest.MonkeyPatch) -> None:
+    failpoints_env.setenv(failpoints.ENV, "persist.after_db_commit=raise")
     failpoint("persist.before_db_commit")
     with pytest.raises(FailpointError, match=r"^persist\.after_db_commit$"):
         failpoint("persist.after_db_commit")
 
 
-def test_sleep_blocks_the_caller_for_its_seconds(enabled: pytest.MonkeyPatch) -> None:
-    enabled.setenv(failpoints.ENV, "persist.before_db_commit=sleep:0.2")
+def test_sleep_blocks_the_caller_for_its_seconds(failpoints_env: pytest.MonkeyPatch) -> None:
+    failpoints_env.setenv(failpoints.ENV, "persist.before_db_commit=sleep:0.2")
     started = time.monotonic()
     failpoint("persist.before_db_commit")
     assert time.monotonic() - started >= 0.2
 
 
-def test_timeout_raises_what_a_lost_answer_raises(enabled: pytest.MonkeyPatch) -> None:
-    enabled.setenv(failpoints.ENV, "sign.after_broker_ack=timeout")
+def test_timeout_raises_what_a_lost_answer_raises(failpoints_env: pytest.MonkeyPatch) -> None:
+    failpoints_env.setenv(failpoints.ENV, "sign.after_broker_ack=timeout")
     with pytest.raises(TimeoutError, match=r"^sign\.after_broker_ack$"):
         failpoint("sign.after_broker_ack")
 
 
 def test_a_failpoint_the_registry_forgot_is_an_error_once_any_is_enabled(
-    enabled: pytest.MonkeyPatch,
+    failpoints_env: pytest.MonkeyPatch,
 ) -> None:
     failpoint("persist.not_registered")  # nothing enabled: production pays one lookup
     failpoints._active.cache_clear()
-    enabled.setenv(failpoints.ENV, "persist.before_db_commit=raise")
+    failpoints_env.setenv(failpoints.ENV, "persist.before_db_commit=raise")
     with pytest.raises(ValueError, match=r"'persist\.not_registered' is not in"):
         failpoint("persist.not_registered")
 
@@ -172,8 +160,8 @@ def test_the_registry_lists_every_failpoint_in_the_code_and_nothing_else() -> No
     assert found == set(failpoints.KNOWN)
 
 
-def test_a_counted_failpoint_fires_its_first_times_only(enabled: pytest.MonkeyPatch) -> None:
-    enabled.setenv(failpoints.ENV, "count.before_offset_commit=2*raise")
+def test_a_counted_failpoint_fires_its_first_times_only(failpoints_env: pytest.MonkeyPatch) -> None:
+    failpoints_env.setenv(failpoints.ENV, "count.before_offset_commit=2*raise")
     for _ in range(2):
         with pytest.raises(FailpointError):
             failpoint("count.before_offset_commit")
