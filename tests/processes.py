@@ -1,4 +1,5 @@
-"""Real `signatures worker …` processes for the fault tests, each logging to its own file."""
+"""Real `signatures` processes: a command run to its end, and workers for the fault tests,
+each worker logging to its own file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,35 @@ from runtime.settings import Settings, settings_env
 
 POLL_S = 0.05
 JOIN_TIMEOUT_S = 90.0  # a first join takes about 5 s, a rebalance 6-8 s; the machine is busy
+
+
+def cli_env(database_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    """The caller's environment (KAFKA_BOOTSTRAP_SERVERS included, if a cluster is set),
+    with this test's database and state directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "SIGNATURES_STATE_DIR": str(state_dir),
+            "SIGNATURES_LOG_FORMAT": "json",
+            **extra,
+        }
+    )
+    return env
+
+
+def signatures(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """One `signatures` command run to its end, as a user runs it, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class WorkerProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,36 +14,9 @@ import pytest
 
 from runtime.broker import free_port
 from tests.conftest import SECRET
+from tests.processes import cli_env, signatures
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def cli_env(database_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment (KAFKA_BOOTSTRAP_SERVERS included, if a cluster is set),
-    with this test's database and state directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNATURES_")}
-    env.update(
-        {
-            "DATABASE_URL": database_url,
-            "SIGNATURES_STATE_DIR": str(state_dir),
-            "SIGNATURES_LOG_FORMAT": "json",
-            **extra,
-        }
-    )
-    return env
-
-
-def signatures(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_campaign_commands(database_url: str, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from consumers.service import WorkerKind, run_worker
 from runtime.settings import Settings
 from tests.conftest import SECRET
 from tests.helpers import CAMPAIGN, encode, produce, submission
-from tests.test_cli import cli_env, signatures
+from tests.processes import cli_env, signatures
 
 pytestmark = [pytest.mark.integration]
 

@@ -33,7 +33,7 @@ from runtime.campaigns import create_campaign, read_totals
 from schemas.campaign import Confirmation, NewCampaign
 from tests.conftest import MASTER_KEY, SECRET
 from tests.helpers import CAMPAIGN, keys_for_tests
-from tests.test_cli import cli_env, signatures
+from tests.processes import cli_env, signatures
 
 KEYS = keys_for_tests()  # the rows seeded here are plaintext, from before encryption
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 from runtime.kafka import make_producer, security_options
 from runtime.settings import ConfigError, Settings, load_settings, settings_env
 from runtime.topics import topic_specs
+from tests.processes import signatures
 from tests.tls import Authority, Issued
 
 PASSWORD = "pa55-Word-that-must-never-show"
@@ -358,14 +357,7 @@ def test_up_refuses_tls_or_sasl_with_the_embedded_broker(tmp_path: Path) -> None
         if name not in KAFKA_VARIABLES and name != "KAFKA_BOOTSTRAP_SERVERS"
     }
     env |= {"KAFKA_SECURITY_PROTOCOL": "SSL", "SIGNATURES_STATE_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "up", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = signatures("up", "--port", "0", env=env, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "configuration error: KAFKA_SECURITY_PROTOCOL: SSL, but KAFKA_BOOTSTRAP_SERVERS is "

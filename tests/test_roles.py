@@ -39,7 +39,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.pipeline import running_pipeline
-from tests.test_cli import cli_env, signatures
+from tests.processes import cli_env, signatures
 
 pytestmark = pytest.mark.integration
 
